@@ -1,0 +1,46 @@
+"""trio_ws: WebSocket client and server for Trio, a drop-in successor to trio-websocket.
+
+Change ``import trio_websocket`` to ``import trio_ws``; everything else stays.
+"""
+
+from ._client import (
+    connect_websocket,
+    connect_websocket_url,
+    open_websocket,
+    open_websocket_url,
+    wrap_client_stream,
+)
+from ._connection import ConnectionState, WebSocketConnection
+from ._endpoint import Endpoint
+from ._errors import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    DisconnectionTimeout,
+    HandshakeError,
+)
+from ._server import WebSocketRequest, WebSocketServer, serve_websocket, wrap_server_stream
+from ._version import __version__
+
+__all__ = [
+    "CloseReason",
+    "ConnectionClosed",
+    "ConnectionRejected",
+    "ConnectionState",
+    "ConnectionTimeout",
+    "DisconnectionTimeout",
+    "Endpoint",
+    "HandshakeError",
+    "WebSocketConnection",
+    "WebSocketRequest",
+    "WebSocketServer",
+    "__version__",
+    "connect_websocket",
+    "connect_websocket_url",
+    "open_websocket",
+    "open_websocket_url",
+    "serve_websocket",
+    "wrap_client_stream",
+    "wrap_server_stream",
+]

@@ -1,0 +1,881 @@
+"""WebSocketConnection: one WebSocket over one trio stream, client or server alike.
+
+wsproto turns bytes into events and events into bytes; this module does the
+I/O around it.  One reader task per connection reads the stream, feeds
+wsproto and acts on each event: complete messages go into a bounded memory
+channel (so a slow reader stops the reader task, and TCP pushes back on the
+peer), pings are answered, a Close is answered and ends the connection.
+Writers (``send_message``, ``ping``, the reader's own pongs) take a FIFO lock,
+so frames never interleave and nothing is sent after our Close frame.
+
+The connection's life, as the browser's ``readyState`` names it::
+
+    CONNECTING --accept--> OPEN --Close sent or received--> CLOSING --> CLOSED
+         |                   |                                            ^
+         +--reject/fail------+------------transport lost------------------+
+
+Every path that leaves the reader task closes the transport, so a connection
+never outlives its reader, and its reader never outlives the nursery it runs in.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import trio
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState as _WsState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+from ._endpoint import Endpoint, stream_endpoint
+from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError
+from ._handshake import PROTOCOL_HEADERS, Headers, caller_headers, check_reject_status
+
+if TYPE_CHECKING:
+    from wsproto.extensions import Extension
+
+__all__ = [
+    "CONN_TIMEOUT",
+    "MAX_MESSAGE_SIZE",
+    "MESSAGE_QUEUE_SIZE",
+    "RECEIVE_BYTES",
+    "ConnectionState",
+    "WebSocketConnection",
+]
+
+logger = logging.getLogger("trio_ws")
+
+# trio-websocket 0.12's defaults, kept for drop-in compatibility.
+CONN_TIMEOUT = 60
+MESSAGE_QUEUE_SIZE = 1
+MAX_MESSAGE_SIZE = 2**20
+RECEIVE_BYTES = 4 * 2**10
+
+# Close codes an endpoint may put in a Close frame (RFC 6455 7.4.1 and the IANA
+# registry): 1004-1006 and 1015 are reserved for reporting, never for sending.
+_SENDABLE_RFC_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_MAX_CLOSE_REASON_BYTES = 123  # 125-byte control frame payload minus the 2-byte code
+_MAX_REJECT_BODY = 2**16  # how much of a rejection's body a client keeps
+
+
+class ConnectionState(enum.IntEnum):
+    """The state of a connection, with the browser's ``readyState`` names and values."""
+
+    CONNECTING = 0  #: the opening handshake is in progress
+    OPEN = 1  #: messages can be sent and received
+    CLOSING = 2  #: a Close frame has been sent or received; the transport is still open
+    CLOSED = 3  #: the transport is closed (or the handshake failed)
+
+
+def check_close_args(code: int, reason: str | None) -> None:
+    """Raise :exc:`ValueError` unless ``code`` and ``reason`` can go in a Close frame."""
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"close code must be an int, not {type(code).__name__}")
+    if code not in _SENDABLE_RFC_CODES and not 3000 <= code <= 4999:
+        raise ValueError(
+            f"close code {code} may not be sent: use 1000, 3000-4999, or an RFC 6455 code an endpoint may send"
+        )
+    if reason is not None:
+        if not isinstance(reason, str):
+            raise TypeError(f"close reason must be a str, not {type(reason).__name__}")
+        size = len(reason.encode("utf-8"))  # a lone surrogate raises UnicodeEncodeError, a ValueError
+        if size > _MAX_CLOSE_REASON_BYTES:
+            raise ValueError(
+                f"close reason is {size} bytes of UTF-8; at most {_MAX_CLOSE_REASON_BYTES} fit in a Close frame"
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    """A short text for why a transport failed: the OS or TLS error behind trio's wrapper."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause):
+        return f"{type(cause).__name__}: {cause}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _handling_exception() -> bool:
+    return sys.exc_info()[1] is not None
+
+
+class _PendingPing:
+    __slots__ = ("event", "ponged")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.ponged = False
+
+
+class WebSocketConnection(trio.abc.AsyncResource):
+    """A WebSocket connection, client or server side.
+
+    You get one from :func:`open_websocket` / :func:`connect_websocket` (client)
+    or :meth:`WebSocketRequest.accept` (server); you rarely construct it.
+    ``async with conn:`` closes it on exit, like :meth:`aclose`.
+    """
+
+    CONNECTION_ID = itertools.count()
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        ws_connection: WSConnection,
+        *,
+        host: str | None = None,
+        path: str | None = None,
+        client_subprotocols: Iterable[str] | None = None,
+        client_extra_headers: list[tuple[bytes, bytes]] | None = None,
+        message_queue_size: int = MESSAGE_QUEUE_SIZE,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        receive_buffer_size: int | None = RECEIVE_BYTES,
+        disconnect_timeout: float = CONN_TIMEOUT,
+    ) -> None:
+        self._id = next(self.CONNECTION_ID)
+        self._stream = stream
+        self._ws = ws_connection
+        self._is_client = ws_connection.client
+        self._max_message_size = max_message_size
+        self._receive_buffer_size = receive_buffer_size
+        self._disconnect_timeout = disconnect_timeout
+
+        self._state = ConnectionState.CONNECTING
+        self._close_reason: CloseReason | None = None
+        self._close_sent = False
+        self._close_received = False
+        self._transport_closed = False
+
+        self._send_lock = trio.StrictFIFOLock()
+        self._buffered_amount = 0
+        self._send_channel, self._recv_channel = trio.open_memory_channel[str | bytes](message_queue_size)
+        self._message_parts: list[Any] = []  # the str or bytes pieces of one message
+        self._message_size = 0
+        self._pings: dict[bytes, _PendingPing] = {}
+
+        # Set when the opening handshake has an outcome: the client has its
+        # response, the server has the client's request (or either failed).
+        self._handshake_done = trio.Event()
+        self._handshake_error: BaseException | None = None
+        # Server: set once the handler accepted or rejected; until then the
+        # reader does not read past the request.
+        self._decided = trio.Event()
+        self._decision_made = False
+        # Set once the peer's Close frame has arrived or the transport is gone:
+        # what a local close waits for.
+        self._close_handshake_done = trio.Event()
+        self._closed_event = trio.Event()
+        self._reader_scope: trio.CancelScope | None = None
+        self._stop_reading = False  # the reader leaves its loop at the next turn
+        self._discard_input = False  # read only to see EOF (client after a close)
+
+        self._path = path
+        self._host = host
+        self._subprotocol: str | None = None
+        self._extensions: list[Extension] = []
+        self._handshake_headers: tuple[tuple[bytes, bytes], ...] = ()
+        self._request: Request | None = None
+        self._reject_status = 0
+        self._reject_headers: tuple[tuple[bytes, bytes], ...] = ()
+        self._reject_body = bytearray()
+        self._local: Endpoint | str | None = None
+        self._remote: Endpoint | str | None = None
+
+        self._client_request: Request | None = None
+        if self._is_client:
+            if host is None or path is None:
+                raise TypeError("a client connection needs host and path")
+            extra = caller_headers(client_extra_headers)
+            for name, value in extra:
+                if name.lower() == b"host":  # the caller's Host replaces ours
+                    self._host = value.decode("latin-1")
+            extra = [(name, value) for name, value in extra if name.lower() != b"host"]
+            self._client_request = Request(
+                host=self._host or host,
+                target=path,
+                subprotocols=list(client_subprotocols or ()),
+                extra_headers=extra,
+            )
+
+    # ------------------------------------------------------------------
+    # Public attributes
+
+    @property
+    def closed(self) -> CloseReason | None:
+        """(Read-only) Why the connection was or is being closed, else ``None``."""
+        return self._close_reason
+
+    @property
+    def state(self) -> ConnectionState:
+        """(Read-only) :class:`ConnectionState`, as the browser's ``readyState``."""
+        return self._state
+
+    @property
+    def is_client(self) -> bool:
+        """(Read-only) Is this the client side?"""
+        return self._is_client
+
+    @property
+    def is_server(self) -> bool:
+        """(Read-only) Is this the server side?"""
+        return not self._is_client
+
+    @property
+    def local(self) -> Endpoint | str:
+        """The local endpoint, or the stream's ``repr()`` for non-socket streams."""
+        if self._local is None:
+            self._local = stream_endpoint(self._stream, local=True)
+        return self._local
+
+    @property
+    def remote(self) -> Endpoint | str:
+        """The remote endpoint, or the stream's ``repr()`` for non-socket streams."""
+        if self._remote is None:
+            self._remote = stream_endpoint(self._stream, local=False)
+        return self._remote
+
+    @property
+    def path(self) -> str | None:
+        """The request target: the path and query (server: set once the request arrived)."""
+        return self._path
+
+    @property
+    def url(self) -> str | None:
+        """The absolute ``ws://`` or ``wss://`` URL of the connection.
+
+        Client: the URL it opened.  Server: built from the scheme, the request's
+        ``Host`` header and its path.  ``None`` before the request is known.
+        """
+        if self._host is None or self._path is None:
+            return None
+        secure = isinstance(self._stream, trio.SSLStream)
+        return f"{'wss' if secure else 'ws'}://{self._host}{self._path}"
+
+    @property
+    def subprotocol(self) -> str | None:
+        """(Read-only) The negotiated subprotocol, or ``None``."""
+        return self._subprotocol
+
+    @property
+    def extensions(self) -> str:
+        """(Read-only) The negotiated extensions as a header value; ``""`` when none."""
+        parts = []
+        for extension in self._extensions:
+            offer = getattr(extension, "_trio_ws_header", None)
+            parts.append(offer if isinstance(offer, str) else extension.name)
+        return ", ".join(parts)
+
+    @property
+    def handshake_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers the peer sent in the opening handshake (lower-case names).
+
+        Client: the response's headers.  Server: the request's.
+        """
+        return self._handshake_headers
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes of message payload handed to ``send_message`` and not yet written."""
+        return self._buffered_amount
+
+    def __str__(self) -> str:
+        return f"{'client' if self._is_client else 'server'}-{self._id}"
+
+    def __repr__(self) -> str:
+        return f"<WebSocketConnection {self} {self._state.name} {self.url or ''}>"
+
+    # ------------------------------------------------------------------
+    # Messages
+
+    async def get_message(self) -> str | bytes:
+        """Wait for the next message and return it: ``str`` for text, ``bytes`` for binary.
+
+        Messages that arrived before the peer closed are still returned; after
+        them this raises :exc:`ConnectionClosed`.  After a *local* close, unread
+        messages are dropped and this raises at once.
+
+        :raises ConnectionClosed: the connection is closed.
+        """
+        try:
+            return await self._recv_channel.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ConnectionClosed(self._close_reason) from None
+
+    async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send a message: ``str`` as text, ``bytes``/``bytearray``/``memoryview`` as binary.
+
+        Returns once the frame is written to the transport.  If the call is
+        cancelled while the transport is blocked part way through the frame,
+        the frame cannot be completed and the connection is aborted (1006).
+
+        :raises ConnectionClosed: the connection is closed or closing.
+        :raises ValueError: ``message`` is of another type.
+        """
+        event: TextMessage | BytesMessage
+        if isinstance(message, str):
+            event = TextMessage(data=message)
+            size = len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
+        elif isinstance(message, bytes):
+            event = BytesMessage(data=message)
+            size = len(message)
+        elif isinstance(message, (bytearray, memoryview)):
+            data = bytes(message)
+            event = BytesMessage(data=data)
+            size = len(data)
+        else:
+            raise ValueError(f"message must be str, bytes, bytearray or memoryview, not {type(message).__name__}")
+        if self._state is not ConnectionState.OPEN:
+            raise ConnectionClosed(self._close_reason)
+        self._buffered_amount += size
+        try:
+            await self._send_data_event(event)
+        finally:
+            self._buffered_amount -= size
+
+    async def ping(self, payload: bytes | None = None) -> None:
+        """Send a ping and wait for the matching pong.
+
+        ``payload`` (at most 125 bytes) must not equal that of another ping in
+        flight; ``None`` picks a random 4-byte payload.  A pong acknowledges its
+        ping and every earlier one (RFC 6455 lets a peer answer only the last).
+
+        :raises ConnectionClosed: the connection is closed, or closes before the pong.
+        :raises ValueError: the payload is in flight already, or too long.
+        """
+        if self._state is not ConnectionState.OPEN:
+            raise ConnectionClosed(self._close_reason)
+        if payload is None:
+            payload = os.urandom(4)
+            while payload in self._pings:
+                payload = os.urandom(4)
+        else:
+            payload = bytes(payload)
+            if len(payload) > 125:
+                raise ValueError(f"ping payload is {len(payload)} bytes; a control frame holds at most 125")
+            if payload in self._pings:
+                raise ValueError(f"Payload value {payload!r} is already in flight.")
+        pending = _PendingPing()
+        self._pings[payload] = pending
+        try:
+            await self._send_data_event(Ping(payload=payload))
+            await pending.event.wait()
+        finally:
+            if self._pings.get(payload) is pending:
+                del self._pings[payload]
+        if not pending.ponged:
+            raise ConnectionClosed(self._close_reason)
+
+    async def pong(self, payload: bytes | None = None) -> None:
+        """Send an unsolicited pong (a one-way heartbeat).
+
+        :raises ConnectionClosed: the connection is closed or closing.
+        """
+        data = bytes(payload or b"")
+        if len(data) > 125:
+            raise ValueError(f"pong payload is {len(data)} bytes; a control frame holds at most 125")
+        if self._state is not ConnectionState.OPEN:
+            raise ConnectionClosed(self._close_reason)
+        await self._send_data_event(Pong(payload=data))
+
+    # ------------------------------------------------------------------
+    # Closing
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close the connection: send a Close frame, wait for the peer's, close the transport.
+
+        Idempotent.  The closing handshake is shielded from cancellation and
+        bounded by the connection's ``disconnect_timeout`` instead, so a
+        cancelled caller still ends the connection cleanly and promptly; the
+        cancellation is then raised as usual (unless another exception is
+        already propagating, which is not replaced).  If the peer does not
+        answer in time, the transport is closed anyway.  Afterwards
+        ``get_message`` and ``send_message`` raise :exc:`ConnectionClosed`.
+
+        :param code: 1000, 3000-4999, or an RFC 6455 code an endpoint may send.
+        :param reason: at most 123 bytes of UTF-8.
+        :raises ValueError: ``code`` or ``reason`` cannot be sent.
+        """
+        check_close_args(code, reason)
+        await self._close_within(code, reason, self._disconnect_timeout)
+        if not _handling_exception():
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _close_within(self, code: int, reason: str | None, timeout: float) -> bool:
+        """Run the closing handshake, shielded, for at most ``timeout`` seconds.
+
+        Returns whether it completed in time (the transport is closed either way).
+        """
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + timeout
+            await self._close_handshake(code, reason)
+        if self._state is not ConnectionState.CLOSED:
+            await self._abort(f"the closing handshake did not finish within {timeout:g} s")
+            return False
+        return True
+
+    async def _close_handshake(self, code: int, reason: str | None) -> None:
+        if self._state is ConnectionState.CONNECTING:
+            # No Close frame can be sent before the opening handshake completes.
+            await self._abort("closed before the opening handshake completed")
+            return
+        if self._state is ConnectionState.OPEN:
+            self._begin_closing(CloseReason(code, reason))
+            # A local close drops the messages nobody read (trio-websocket's
+            # rule); it also unblocks a reader waiting on a full queue, so
+            # that it can see the peer's Close.
+            self._recv_channel.close()
+            await self._send_close(CloseConnection(code=code, reason=reason))
+        await self._close_handshake_done.wait()
+        await self._finish()
+
+    def _begin_closing(self, reason: CloseReason) -> None:
+        """OPEN -> CLOSING: no more messages go out or come in; pings fail."""
+        if self._close_reason is None:
+            self._close_reason = reason
+        if self._state is ConnectionState.OPEN:
+            self._state = ConnectionState.CLOSING
+        self._send_channel.close()
+        self._fail_pings()
+        # Bound whatever the reader still has to do (wait for the peer's Close,
+        # or for the server to close TCP) by the disconnect timeout.
+        scope = self._reader_scope
+        if scope is not None and scope.deadline == float("inf"):
+            scope.deadline = trio.current_time() + self._disconnect_timeout
+
+    def _fail_pings(self) -> None:
+        for pending in self._pings.values():
+            pending.event.set()
+        self._pings.clear()
+
+    async def _finish(self) -> None:
+        """Enter CLOSED: close the transport, wake everybody who waits on this connection."""
+        if self._state is ConnectionState.CLOSED:
+            await self._close_transport()
+            return
+        if self._state is ConnectionState.CONNECTING and self._handshake_error is None:
+            why = self._close_reason.reason if self._close_reason else None
+            self._handshake_error = HandshakeError(why or "the connection closed during the opening handshake")
+        if self._close_reason is None:
+            self._close_reason = CloseReason(1006, "the connection closed")
+        self._close_reason._was_clean = self._close_sent and self._close_received
+        self._state = ConnectionState.CLOSED
+        self._send_channel.close()
+        self._fail_pings()
+        self._handshake_done.set()
+        self._decided.set()
+        self._close_handshake_done.set()
+        self._closed_event.set()
+        await self._close_transport()
+
+    async def _abort(self, why: str) -> None:
+        """The connection cannot go on (transport lost, timeout): close it now.
+
+        The close code is 1006 unless closing had already started with another.
+        """
+        if self._state is ConnectionState.CLOSED:
+            await self._close_transport()
+            return
+        if self._close_reason is None:
+            self._close_reason = CloseReason(1006, why)
+        logger.debug("%s aborted: %s", self, why)
+        await self._finish()
+
+    async def _close_transport(self) -> None:
+        # Shielded and forceful: this runs on cleanup paths, often cancelled
+        # ones, and must neither block nor raise Cancelled.
+        if self._transport_closed:
+            return
+        self._transport_closed = True
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.aclose_forcefully(self._stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                logger.debug("%s error while closing the transport: %r", self, exc)
+
+    # ------------------------------------------------------------------
+    # Writing
+
+    async def _write(self, data: bytes | bytearray) -> None:
+        """Write bytes; the caller holds the send lock.  Transport errors abort."""
+        # A cancellation delivered here leaves the stream untouched.  One
+        # delivered inside send_all may leave half a frame on the wire.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if not self._transport_closed:
+                await self._abort(f"the transport failed while sending ({_describe(exc)})")
+            raise ConnectionClosed(self._close_reason) from None
+        except trio.Cancelled:
+            await self._abort("a send was cancelled part way through a frame; the stream cannot be resumed")
+            raise
+
+    async def _send_data_event(self, event: Event) -> None:
+        """Send a message, ping or pong: only while OPEN."""
+        async with self._send_lock:
+            if self._state is not ConnectionState.OPEN or self._ws.state is not _WsState.OPEN:
+                raise ConnectionClosed(self._close_reason)
+            await self._write(self._ws.send(event))
+
+    async def _send_close(self, event: CloseConnection) -> None:
+        """Send our Close frame, first or in reply; a lost transport just aborts."""
+        async with self._send_lock:
+            if self._ws.state not in (_WsState.OPEN, _WsState.REMOTE_CLOSING) or self._transport_closed:
+                return
+            data = self._ws.send(event)
+            self._close_sent = True
+            try:
+                await self._write(data)
+            except ConnectionClosed:
+                pass
+
+    # ------------------------------------------------------------------
+    # Opening handshake
+
+    async def _send_request(self) -> None:
+        """Client: do the TLS handshake if any, then send the HTTP upgrade request.
+
+        Runs in the caller's task, so that a TLS or network failure is raised
+        to the caller at once as :exc:`HandshakeError`.
+        """
+        assert self._client_request is not None
+        stream = self._stream
+        if isinstance(stream, trio.SSLStream):
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                cause = exc.__cause__ or exc
+                raise HandshakeError(f"TLS handshake failed: {cause}") from cause
+        data = self._ws.send(self._client_request)
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            cause = exc.__cause__ or exc
+            raise HandshakeError(f"could not send the opening handshake: {cause}") from cause
+
+    async def _wait_open(self) -> None:
+        """Client: wait for the server's answer; raise if it was not a 101."""
+        await self._handshake_done.wait()
+        if self._handshake_error is not None:
+            raise self._handshake_error
+        if self._state is not ConnectionState.OPEN:  # pragma: no cover - defensive
+            raise HandshakeError("the connection closed during the opening handshake")
+
+    async def _get_request(self) -> Request | None:
+        """Server: wait for the client's upgrade request (``None`` if the handshake failed)."""
+        await self._handshake_done.wait()
+        return self._request
+
+    async def _accept(self, subprotocol: str | None, extra_headers: Headers | None) -> None:
+        """Server: answer the request with 101 Switching Protocols."""
+        request = self._request
+        self._check_undecided()
+        assert request is not None
+        if subprotocol is not None and subprotocol not in request.subprotocols:
+            raise ValueError(
+                f"subprotocol {subprotocol!r} was not proposed by the client (it offered {request.subprotocols!r})"
+            )
+        headers = caller_headers(extra_headers)
+        self._decision_made = True
+        try:
+            async with self._send_lock:
+                data = self._ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=headers))
+                self._subprotocol = subprotocol
+                self._state = ConnectionState.OPEN
+                self._decided.set()
+                await self._write(data)
+        finally:
+            self._decided.set()
+
+    async def _reject(self, status_code: int, extra_headers: Headers | None, body: bytes) -> None:
+        """Server: answer the request with an HTTP error response, then close."""
+        check_reject_status(status_code)
+        headers = caller_headers(extra_headers, drop=PROTOCOL_HEADERS | {b"content-length", b"connection"})
+        self._check_undecided()
+        self._decision_made = True
+        # The reader stays parked until _finish(): waking it earlier would let
+        # it close the transport before the response is written.
+        await self._send_rejection(status_code, headers, body)
+        self._close_reason = CloseReason(1006, "Rejected WebSocket handshake")
+        await self._finish()
+
+    async def _refuse_within(self, status_code: int, timeout: float) -> None:
+        """Server: reject an undecided handshake with a plain-text response, shielded and bounded."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + timeout
+            body = f"{status_code} {HTTPStatus(status_code).phrase}\n".encode("ascii")
+            try:
+                await self._reject(status_code, [(b"content-type", b"text/plain; charset=utf-8")], body)
+            except (RuntimeError, ConnectionClosed):
+                pass
+        await self._abort("the handshake was refused")
+
+    def _check_undecided(self) -> None:
+        if self._request is None or self._decision_made or self._state is not ConnectionState.CONNECTING:
+            if self._state is ConnectionState.CLOSED:
+                raise ConnectionClosed(self._close_reason)
+            raise RuntimeError("this handshake was already accepted or rejected")
+
+    async def _send_rejection(self, status_code: int, headers: Headers, body: bytes) -> None:
+        headers = [*headers, (b"connection", b"close")]
+        if body:
+            headers.append((b"content-length", str(len(body)).encode("ascii")))
+        async with self._send_lock:
+            data = self._ws.send(RejectConnection(status_code=status_code, headers=headers, has_body=bool(body)))
+            if body:
+                data += self._ws.send(RejectData(data=body))
+            try:
+                await self._write(data)
+            except ConnectionClosed:
+                pass
+
+    # ------------------------------------------------------------------
+    # The reader task
+
+    async def _reader_task(self, shield: bool = False) -> None:
+        """Read the stream until the connection ends; then close the transport.
+
+        ``shield``: the reader ignores cancellation of its nursery, because the
+        code that owns the connection (``open_websocket``, the server) closes
+        it with a closing handshake, which needs the reader, and then stops
+        the reader itself (:meth:`_stop_reader`).  In a caller's nursery
+        (``connect_websocket``) the reader is not shielded: cancelling that
+        nursery aborts the connection (1006).  The task then returns instead
+        of raising Cancelled: it has nothing left to do, and a quiet exit keeps
+        nurseries that hold connections from collecting Cancelled exceptions
+        into groups.
+        """
+        try:
+            with trio.CancelScope(shield=shield) as self._reader_scope:
+                await self._read_loop()
+        except trio.Cancelled:
+            await self._abort("the connection's reader task was cancelled")
+            return
+        except BaseException:
+            await self._abort("internal error in the reader task")
+            raise
+        if not self._reader_scope.cancelled_caught:
+            await self._finish()
+        elif trio.current_time() >= self._reader_scope.deadline:
+            await self._abort(f"the closing handshake did not finish within {self._disconnect_timeout:g} s")
+        else:
+            await self._abort("the connection's reader task was stopped")
+
+    def _stop_reader(self) -> None:
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        stream = self._stream
+        size = self._receive_buffer_size
+        while True:
+            for event in ws.events():
+                await self._on_event(event)
+                if self._stop_reading:
+                    return
+            if self._stop_reading or self._state is ConnectionState.CLOSED:
+                return
+            try:
+                data = await stream.receive_some(size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if not self._transport_closed:
+                    await self._abort(f"the transport failed ({_describe(exc)})")
+                return
+            if not data:
+                await self._on_eof()
+                return
+            if self._discard_input:
+                continue
+            try:
+                ws.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
+            except Exception as exc:  # any failure to parse the peer's HTTP handshake
+                await self._on_bad_handshake(exc)
+                return
+
+    async def _on_event(self, event: Event) -> None:
+        # Ordered by how often each event comes.
+        if isinstance(event, (TextMessage, BytesMessage)):
+            await self._on_data(event)
+        elif isinstance(event, Ping):
+            await self._on_ping(event)
+        elif isinstance(event, Pong):
+            self._on_pong(event)
+        elif isinstance(event, CloseConnection):
+            await self._on_close_frame(event)
+        elif isinstance(event, Request):
+            await self._on_request(event)
+        elif isinstance(event, AcceptConnection):
+            self._on_accepted(event)
+        elif isinstance(event, RejectConnection):
+            await self._on_rejected(event)
+        elif isinstance(event, RejectData):
+            await self._on_reject_data(event)
+        else:  # pragma: no cover - wsproto has no other events
+            logger.warning("%s ignored unexpected event %r", self, event)
+
+    async def _on_data(self, event: TextMessage | BytesMessage) -> None:
+        if self._state is not ConnectionState.OPEN:
+            return  # closing: data still arriving is dropped
+        data = event.data
+        self._message_size += len(data)
+        if self._message_size > self._max_message_size:
+            self._message_parts = []
+            self._message_size = 0
+            # Close 1009 and keep reading (and dropping) until the peer's
+            # Close, so that the peer sees our Close frame.  Memory stays at
+            # one receive buffer however much more the peer sends.
+            reason = f"message is larger than max_message_size ({self._max_message_size} bytes)"
+            self._begin_closing(CloseReason(1009, reason))
+            await self._send_close(CloseConnection(code=1009, reason=reason))
+            return
+        if not event.message_finished:
+            self._message_parts.append(data)
+            return
+        message: str | bytes
+        if not self._message_parts:
+            message = data if not isinstance(data, bytearray) else bytes(data)
+        elif isinstance(data, str):
+            message = "".join([*self._message_parts, data])
+        else:
+            message = b"".join([*self._message_parts, data])
+        self._message_parts = []
+        self._message_size = 0
+        try:
+            await self._send_channel.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # closed locally meanwhile: nobody will read it
+
+    async def _on_ping(self, event: Ping) -> None:
+        async with self._send_lock:
+            if self._ws.state is _WsState.OPEN and not self._transport_closed:
+                try:
+                    await self._write(self._ws.send(event.response()))
+                except ConnectionClosed:
+                    pass
+
+    def _on_pong(self, event: Pong) -> None:
+        payload = bytes(event.payload)
+        if payload not in self._pings:
+            return  # unsolicited, or for a ping that was cancelled
+        # A pong answers its ping and every ping sent before it.
+        for key in list(self._pings):
+            pending = self._pings.pop(key)
+            pending.ponged = True
+            pending.event.set()
+            if key == payload:
+                break
+
+    async def _on_close_frame(self, event: CloseConnection) -> None:
+        state = self._ws.state
+        if state is _WsState.REMOTE_CLOSING:
+            # The peer starts the closing handshake: answer with the same code.
+            self._close_received = True
+            self._begin_closing(CloseReason(int(event.code), event.reason or None))
+            await self._send_close(event.response())
+        elif state is _WsState.CLOSED:
+            # The peer's answer to our Close.
+            self._close_received = True
+        else:
+            # wsproto reports a protocol violation by the peer as a
+            # CloseConnection event without changing state (its parser has
+            # stopped).  Fail the connection with that code (1002, 1007...).
+            self._begin_closing(CloseReason(int(event.code), event.reason or None))
+            await self._send_close(CloseConnection(code=int(event.code), reason=event.reason))
+        self._close_handshake_done.set()
+        # RFC 6455 7.1.1: the server closes TCP first; a client waits (a
+        # bounded time, see _begin_closing) for the server to do so.
+        if self._is_client:
+            self._discard_input = True
+        else:
+            self._stop_reading = True
+
+    async def _on_eof(self) -> None:
+        if self._state is ConnectionState.CONNECTING and self._is_client and self._reject_status:
+            # A rejection whose body ends at EOF: let h11 finish it.
+            try:
+                self._ws.receive_data(None)
+                for event in self._ws.events():
+                    await self._on_event(event)
+            except RemoteProtocolError as exc:
+                await self._on_bad_handshake(exc)
+            if self._closed_event.is_set():
+                return
+        if self._close_handshake_done.is_set():
+            await self._finish()
+        else:
+            await self._abort("the peer closed the TCP connection without a Close frame")
+
+    async def _on_request(self, event: Request) -> None:
+        self._request = event
+        self._path = event.target
+        self._host = event.host
+        self._handshake_headers = tuple(event.extra_headers)
+        self._handshake_done.set()
+        # Read nothing more until the handler has decided: a client must
+        # wait for our 101 before sending frames.
+        await self._decided.wait()
+        if self._state is not ConnectionState.OPEN:
+            self._stop_reading = True
+
+    def _on_accepted(self, event: AcceptConnection) -> None:
+        self._subprotocol = event.subprotocol
+        self._extensions = list(event.extensions)
+        self._handshake_headers = tuple(event.extra_headers)
+        self._state = ConnectionState.OPEN
+        self._handshake_done.set()
+
+    async def _on_rejected(self, event: RejectConnection) -> None:
+        self._reject_status = event.status_code
+        self._reject_headers = tuple(event.headers)
+        if not event.has_body:
+            await self._fail_handshake(ConnectionRejected(event.status_code, self._reject_headers, None))
+
+    async def _on_reject_data(self, event: RejectData) -> None:
+        room = _MAX_REJECT_BODY - len(self._reject_body)
+        self._reject_body += event.data[:room]
+        if event.body_finished or room <= len(event.data):
+            body = bytes(self._reject_body)
+            await self._fail_handshake(ConnectionRejected(self._reject_status, self._reject_headers, body))
+
+    async def _fail_handshake(self, error: BaseException) -> None:
+        self._handshake_error = error
+        self._close_reason = CloseReason(1006, f"opening handshake failed: {error!r}")
+        self._stop_reading = True
+        await self._finish()
+
+    async def _on_bad_handshake(self, exc: Exception) -> None:
+        """The peer's side of the HTTP handshake could not be parsed or was refused."""
+        if self._state is not ConnectionState.CONNECTING:  # pragma: no cover - wsproto reports frame errors as events
+            raise exc
+        if self._is_client:
+            error = HandshakeError(f"invalid opening handshake response from the server: {exc}")
+            error.__cause__ = exc
+            await self._fail_handshake(error)
+            return
+        logger.debug("%s invalid opening handshake: %s", self, exc)
+        hint = exc.event_hint if isinstance(exc, RemoteProtocolError) else None
+        status = hint.status_code if isinstance(hint, RejectConnection) else 400
+        headers = list(hint.headers) if isinstance(hint, RejectConnection) else []
+        body = f"Invalid WebSocket handshake: {exc}\n".encode("utf-8", "replace")
+        headers.append((b"content-type", b"text/plain; charset=utf-8"))
+        await self._send_rejection(status, headers, body)
+        self._handshake_error = HandshakeError(f"invalid opening handshake from the client: {exc}")
+        self._handshake_error.__cause__ = exc
+        await self._fail_handshake(self._handshake_error)

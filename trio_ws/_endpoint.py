@@ -1,0 +1,70 @@
+"""Endpoint: the address of one side of a connection or of a listener."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
+
+import trio
+
+__all__ = ["Endpoint", "listener_endpoint", "stream_endpoint"]
+
+
+class Endpoint:
+    """An IP address, a TCP port and whether TLS is in use."""
+
+    def __init__(self, address: str | int, port: int, is_ssl: bool) -> None:
+        #: The IP address, an :class:`ipaddress.IPv4Address` or ``IPv6Address``.
+        self.address: IPv4Address | IPv6Address = ip_address(address)
+        #: The TCP port.
+        self.port = port
+        #: Whether TLS is in use.
+        self.is_ssl = is_ssl
+
+    @property
+    def url(self) -> str:
+        """The endpoint as a URL, e.g. ``ws://127.0.0.1:8000`` or ``wss://[::1]``."""
+        scheme = "wss" if self.is_ssl else "ws"
+        default = 443 if self.is_ssl else 80
+        host = str(self.address) if self.address.version == 4 else f"[{self.address}]"
+        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f'Endpoint(address="{self.address}", port={self.port}, is_ssl={self.is_ssl})'
+
+
+def _socket_endpoint(sock: trio.socket.SocketType, is_ssl: bool, *, local: bool) -> Endpoint | None:
+    try:
+        name: Any = sock.getsockname() if local else sock.getpeername()
+        return Endpoint(name[0], name[1], is_ssl)
+    except (OSError, ValueError, TypeError, IndexError):
+        # A closed socket, or not an IP socket (AF_UNIX names are strings).
+        return None
+
+
+def stream_endpoint(stream: object, *, local: bool) -> Endpoint | str:
+    """The local or remote endpoint of a stream, or its ``repr()`` when it has none."""
+    is_ssl = False
+    inner = stream
+    if isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+        is_ssl = True
+    if isinstance(inner, trio.SocketStream):
+        endpoint = _socket_endpoint(inner.socket, is_ssl, local=local)
+        if endpoint is not None:
+            return endpoint
+    return repr(stream)
+
+
+def listener_endpoint(listener: object) -> Endpoint | str:
+    """The address a listener is bound to, or its ``repr()`` when it has none."""
+    is_ssl = False
+    inner = listener
+    if isinstance(inner, trio.SSLListener):
+        inner = inner.transport_listener
+        is_ssl = True
+    if isinstance(inner, trio.SocketListener):
+        endpoint = _socket_endpoint(inner.socket, is_ssl, local=True)
+        if endpoint is not None:
+            return endpoint
+    return repr(listener)

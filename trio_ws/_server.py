@@ -1,0 +1,328 @@
+"""The server side: listeners -> accepted streams -> opening handshake -> handler."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import NoReturn
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request
+
+from ._connection import (
+    CONN_TIMEOUT,
+    MAX_MESSAGE_SIZE,
+    MESSAGE_QUEUE_SIZE,
+    RECEIVE_BYTES,
+    ConnectionState,
+    WebSocketConnection,
+)
+from ._endpoint import Endpoint, listener_endpoint
+from ._errors import HandshakeError
+
+__all__ = ["WebSocketRequest", "WebSocketServer", "serve_websocket", "wrap_server_stream"]
+
+logger = logging.getLogger("trio_ws")
+
+Handler = Callable[["WebSocketRequest"], Awaitable[object]]
+
+
+class WebSocketRequest:
+    """A client's opening handshake, waiting for the server's answer.
+
+    The handler inspects it and calls :meth:`accept` (which returns the
+    connection) or :meth:`reject` (which sends an HTTP response).
+    """
+
+    def __init__(self, connection: WebSocketConnection, event: Request) -> None:
+        self._connection = connection
+        self._event = event
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The request headers as ``(name, value)`` pairs, names in lower case.
+
+        As in trio-websocket, ``Host``, ``Sec-WebSocket-Protocol`` and
+        ``Sec-WebSocket-Extensions`` are not in this list: see :attr:`host`,
+        :attr:`proposed_subprotocols`.
+        """
+        return self._event.extra_headers
+
+    @property
+    def path(self) -> str:
+        """The request target: path and query string."""
+        return self._event.target
+
+    @property
+    def host(self) -> str:
+        """The ``Host`` header's value."""
+        return self._event.host
+
+    @property
+    def origin(self) -> str | None:
+        """The ``Origin`` header (browsers always send it), or ``None``."""
+        for name, value in self._event.extra_headers:
+            if name == b"origin":
+                return value.decode("latin-1")
+        return None
+
+    @property
+    def proposed_subprotocols(self) -> tuple[str, ...]:
+        """The subprotocols the client offered, most preferred first."""
+        return tuple(self._event.subprotocols)
+
+    @property
+    def local(self) -> Endpoint | str:
+        """The connection's local endpoint."""
+        return self._connection.local
+
+    @property
+    def remote(self) -> Endpoint | str:
+        """The connection's remote endpoint."""
+        return self._connection.remote
+
+    async def accept(
+        self,
+        *,
+        subprotocol: str | None = None,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> WebSocketConnection:
+        """Complete the handshake (101 Switching Protocols) and return the connection.
+
+        :param subprotocol: the subprotocol chosen, one of
+            :attr:`proposed_subprotocols`, or ``None``.
+        :param extra_headers: more ``(name, value)`` response headers.
+        :raises ValueError: the subprotocol was not proposed, or a header is invalid.
+        :raises RuntimeError: the request was already accepted or rejected.
+        :raises ConnectionClosed: the client has gone.
+        """
+        await self._connection._accept(subprotocol, extra_headers)
+        return self._connection
+
+    async def reject(
+        self,
+        status_code: int,
+        *,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        """Refuse the handshake with an HTTP response, then close the connection.
+
+        :param status_code: 200-599 (not 101), usually a 4xx code.
+        :param extra_headers: more ``(name, value)`` response headers.
+        :param body: the response body, if any.
+        :raises ValueError: the status code or a header is invalid.
+        :raises RuntimeError: the request was already accepted or rejected.
+        """
+        await self._connection._reject(status_code, extra_headers, body or b"")
+
+
+async def wrap_server_stream(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    message_queue_size: int = MESSAGE_QUEUE_SIZE,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+    receive_buffer_size: int | None = RECEIVE_BYTES,
+    *,
+    disconnect_timeout: float = CONN_TIMEOUT,
+) -> WebSocketRequest:
+    """Read a client's opening handshake from a stream you accepted yourself.
+
+    The connection's reader task runs in ``nursery``.  Answer the returned
+    request with :meth:`~WebSocketRequest.accept` or
+    :meth:`~WebSocketRequest.reject`; close the connection when done.
+
+    :raises HandshakeError: the client sent no valid handshake (it got a 400
+        response) or went away first.
+    """
+    connection = WebSocketConnection(
+        stream,
+        WSConnection(ConnectionType.SERVER),
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+        receive_buffer_size=receive_buffer_size,
+        disconnect_timeout=disconnect_timeout,
+    )
+    nursery.start_soon(connection._reader_task)
+    try:
+        event = await connection._get_request()
+    except BaseException:
+        await connection._abort("the opening handshake did not complete")
+        raise
+    if event is None:
+        raise connection._handshake_error or HandshakeError("the client closed the connection before its handshake")
+    return WebSocketRequest(connection, event)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """KeyboardInterrupt, SystemExit and the like: never swallowed."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_fatal(inner) for inner in exc.exceptions)
+    return not isinstance(exc, (Exception, trio.Cancelled))
+
+
+class WebSocketServer:
+    """Serves WebSocket connections on one or more listeners.
+
+    For each connection, the opening handshake is read (within
+    ``connect_timeout``) and ``handler`` is called with the
+    :class:`WebSocketRequest`.  When the handler returns, the connection is
+    closed with 1000; when it raises, the error is logged with its traceback
+    and the connection closed with 1011 (the server goes on); when the server
+    is cancelled, open connections are closed with 1001 (Going Away).  Each
+    closing handshake is bounded by ``disconnect_timeout``.  A handler that
+    returns without accepting or rejecting refuses the client with 403.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        handler_nursery: trio.Nursery | None = None,
+        message_queue_size: int = MESSAGE_QUEUE_SIZE,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        receive_buffer_size: int | None = RECEIVE_BYTES,
+        connect_timeout: float = CONN_TIMEOUT,
+        disconnect_timeout: float = CONN_TIMEOUT,
+    ) -> None:
+        if len(listeners) == 0:
+            raise ValueError("Listeners must contain at least one item.")
+        self._handler = handler
+        self._handler_nursery = handler_nursery
+        self._listeners = list(listeners)
+        self._message_queue_size = message_queue_size
+        self._max_message_size = max_message_size
+        self._receive_buffer_size = receive_buffer_size
+        self._connect_timeout = connect_timeout
+        self._disconnect_timeout = disconnect_timeout
+
+    @property
+    def port(self) -> int:
+        """The port of the server's only listener (useful after binding port 0).
+
+        :raises RuntimeError: there is more than one listener, or it has no port.
+        """
+        if len(self._listeners) > 1:
+            raise RuntimeError("Cannot get port because this server has more than 1 listener.")
+        endpoint = listener_endpoint(self._listeners[0])
+        if not isinstance(endpoint, Endpoint):
+            raise RuntimeError(f"This socket does not have a port: {endpoint}")
+        return endpoint.port
+
+    @property
+    def listeners(self) -> list[Endpoint | str]:
+        """An :class:`Endpoint` per TCP listener; the ``repr()`` of any other listener."""
+        return [listener_endpoint(listener) for listener in self._listeners]
+
+    async def run(
+        self,
+        *,
+        task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Serve until cancelled.  Supports ``server = await nursery.start(server.run)``."""
+        async with trio.open_nursery() as nursery:
+            serve = partial(
+                trio.serve_listeners,
+                self._handle_connection,
+                self._listeners,
+                handler_nursery=self._handler_nursery,
+            )
+            await nursery.start(serve)
+            logger.debug("Listening on %s", ", ".join(str(listener) for listener in self.listeners))
+            task_status.started(self)
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        connection = WebSocketConnection(
+            stream,
+            WSConnection(ConnectionType.SERVER),
+            message_queue_size=self._message_queue_size,
+            max_message_size=self._max_message_size,
+            receive_buffer_size=self._receive_buffer_size,
+            disconnect_timeout=self._disconnect_timeout,
+        )
+        async with trio.open_nursery() as nursery:
+            # Shielded: on server shutdown the reader must live on for the
+            # 1001 closing handshake; the finally clause below stops it.
+            nursery.start_soon(connection._reader_task, True)
+            try:
+                event = None
+                with trio.move_on_after(self._connect_timeout):
+                    event = await connection._get_request()
+                if event is not None:
+                    await self._run_handler(connection, WebSocketRequest(connection, event))
+            finally:
+                await connection._abort("the opening handshake did not complete within connect_timeout")
+                connection._stop_reader()
+
+    async def _run_handler(self, connection: WebSocketConnection, request: WebSocketRequest) -> None:
+        try:
+            await self._handler(request)
+        except BaseException as exc:
+            if _is_cancellation(exc):
+                await self._end(connection, 1001, "server shutting down", 503)
+                raise
+            if _is_fatal(exc):
+                await self._end(connection, 1011, "internal error", 500)
+                raise
+            logger.error("WebSocket handler %r failed on %s", self._handler, connection, exc_info=exc)
+            await self._end(connection, 1011, "internal error", 500)
+        else:
+            await self._end(connection, 1000, None, 403)
+
+    async def _end(self, connection: WebSocketConnection, code: int, reason: str | None, status: int) -> None:
+        """Close after the handler: refuse with ``status`` if it never answered the handshake."""
+        if connection.state is ConnectionState.CONNECTING and not connection._decision_made:
+            await connection._refuse_within(status, self._disconnect_timeout)
+        else:
+            await connection._close_within(code, reason, self._disconnect_timeout)
+
+
+async def serve_websocket(
+    handler: Handler,
+    host: str | bytes | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    message_queue_size: int = MESSAGE_QUEUE_SIZE,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+    receive_buffer_size: int | None = RECEIVE_BYTES,
+    connect_timeout: float = CONN_TIMEOUT,
+    disconnect_timeout: float = CONN_TIMEOUT,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve WebSockets over TCP (TLS when ``ssl_context`` is given) until cancelled.
+
+    Supports ``server = await nursery.start(serve_websocket, ...)``, which
+    returns once the server is listening.  ``host`` ``None`` binds every
+    interface (possibly several listeners, with different ports if ``port``
+    is 0).  See :class:`WebSocketServer` for what happens to each connection.
+    """
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]
+    if ssl_context is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    else:
+        listeners = await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host, https_compatible=True)
+    server = WebSocketServer(
+        handler,
+        listeners,
+        handler_nursery=handler_nursery,
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+        receive_buffer_size=receive_buffer_size,
+        connect_timeout=connect_timeout,
+        disconnect_timeout=disconnect_timeout,
+    )
+    await server.run(task_status=task_status)
