@@ -161,6 +161,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._close_sent = False
         self._close_received = False
         self._transport_closed = False
+        self._close_timed_out = False  # the closing handshake ran out of time
 
         self._send_lock = trio.StrictFIFOLock()
         self._buffered_amount = 0
@@ -419,15 +420,17 @@ class WebSocketConnection(trio.abc.AsyncResource):
     async def _close_within(self, code: int, reason: str | None, timeout: float) -> bool:
         """Run the closing handshake, shielded, for at most ``timeout`` seconds.
 
-        Returns whether it completed in time (the transport is closed either way).
+        Returns ``False`` if it ran out of time (the transport is closed either
+        way).  The reader task may notice the timeout first (it has the same
+        deadline), hence the flag rather than the state.
         """
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + timeout
             await self._close_handshake(code, reason)
         if self._state is not ConnectionState.CLOSED:
+            self._close_timed_out = True
             await self._abort(f"the closing handshake did not finish within {timeout:g} s")
-            return False
-        return True
+        return not self._close_timed_out
 
     async def _close_handshake(self, code: int, reason: str | None) -> None:
         if self._state is ConnectionState.CONNECTING:
@@ -574,8 +577,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
         await self._handshake_done.wait()
         if self._handshake_error is not None:
             raise self._handshake_error
-        if self._state is not ConnectionState.OPEN:  # pragma: no cover - defensive
-            raise HandshakeError("the connection closed during the opening handshake")
+        # The connection may be closing or closed already (the server sent a
+        # Close right after its 101): that is for get_message() to report.
 
     async def _get_request(self) -> Request | None:
         """Server: wait for the client's upgrade request (``None`` if the handshake failed)."""
@@ -673,6 +676,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         if not self._reader_scope.cancelled_caught:
             await self._finish()
         elif trio.current_time() >= self._reader_scope.deadline:
+            self._close_timed_out = True
             await self._abort(f"the closing handshake did not finish within {self._disconnect_timeout:g} s")
         else:
             await self._abort("the connection's reader task was stopped")
