@@ -1,0 +1,117 @@
+"""``python -m trio_ws``: an echo server and an interactive client.
+
+    python -m trio_ws serve [--host H] [--port P]   serve an echo server, print its URL
+    python -m trio_ws URL [--subprotocol S] [--cafile F]
+        connect; each line typed is sent, each message received is printed;
+        end of input (Ctrl-D) closes the connection with 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from ._client import open_websocket_url
+from ._connection import WebSocketConnection
+from ._errors import ConnectionClosed, HandshakeError
+from ._server import WebSocketRequest, WebSocketServer, serve_websocket
+
+__all__ = ["main"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+def _say(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+async def _echo(request: WebSocketRequest) -> None:
+    ws = await request.accept(subprotocol=next(iter(request.proposed_subprotocols), None))
+    while True:
+        try:
+            message = await ws.get_message()
+            await ws.send_message(message)
+        except ConnectionClosed:
+            return
+
+
+async def _serve(host: str, port: int) -> None:
+    async with trio.open_nursery() as nursery:
+        server: WebSocketServer = await nursery.start(serve_websocket, _echo, host, port, None)
+        for listener in server.listeners:
+            url = getattr(listener, "url", listener)
+            _say(f"trio_ws echo server listening on {url}/ (Ctrl-C to stop)")
+
+
+def _show(message: str | bytes) -> str:
+    if isinstance(message, str):
+        return f"< {message}"
+    return f"< [binary, {len(message)} bytes] {message[:64].hex(' ')}{' ...' if len(message) > 64 else ''}"
+
+
+async def _print_incoming(ws: WebSocketConnection, done: trio.CancelScope) -> None:
+    try:
+        while True:
+            _say(_show(await ws.get_message()))
+    except ConnectionClosed as exc:
+        reason = exc.reason
+        if reason is not None:
+            _say(f"connection closed: {reason.code} {reason.name} {reason.reason or ''}".rstrip())
+    done.cancel()
+
+
+async def _client(url: str, subprotocols: list[str], cafile: str | None) -> int:
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    try:
+        async with open_websocket_url(url, context, subprotocols=subprotocols) as ws:
+            _say(f"connected to {ws.url}" + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_print_incoming, ws, nursery.cancel_scope)
+                while True:
+                    line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+                    if not line:  # end of input: leave the block, which closes with 1000
+                        nursery.cancel_scope.cancel()
+                        break
+                    try:
+                        await ws.send_message(line.rstrip("\r\n"))
+                    except ConnectionClosed:
+                        break
+        closed = ws.closed
+        return 0 if closed is None or closed.code in (1000, 1001) else 1
+    except HandshakeError as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        print(f"could not connect to {url}: {exc!r}{cause}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "serve":
+            parser = argparse.ArgumentParser(prog="python -m trio_ws serve", description="Run a WebSocket echo server.")
+            parser.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST})")
+            parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+            options = parser.parse_args(args[1:])
+            trio.run(_serve, options.host, options.port)
+            return 0
+        parser = argparse.ArgumentParser(
+            prog="python -m trio_ws",
+            description="Interactive WebSocket client: lines you type are sent, messages received are printed. "
+            "Use 'python -m trio_ws serve' to run an echo server.",
+        )
+        parser.add_argument("url", help="ws:// or wss:// URL")
+        parser.add_argument("--subprotocol", action="append", default=[], help="offer this subprotocol (repeatable)")
+        parser.add_argument("--cafile", help="trust this CA bundle for wss:// (PEM)")
+        options = parser.parse_args(args)
+        try:
+            return trio.run(_client, options.url, options.subprotocol, options.cafile)
+        except ValueError as exc:
+            parser.error(str(exc))
+    except KeyboardInterrupt:
+        _say("stopped")
+        return 130
