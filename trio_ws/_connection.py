@@ -505,6 +505,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
         if self._transport_closed:
             return
         self._transport_closed = True
+        # Keep the addresses: a closed socket no longer knows them.
+        self._local, self._remote = self.local, self.remote
         with trio.CancelScope(shield=True):
             try:
                 await trio.aclose_forcefully(self._stream)
@@ -835,7 +837,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         # Read nothing more until the handler has decided: a client must
         # wait for our 101 before sending frames.
         await self._decided.wait()
-        if self._state is not ConnectionState.OPEN:
+        # Accepted: read on, even if the handler is already closing (its
+        # closing handshake needs the reader).  Rejected or aborted: stop.
+        if self._state is ConnectionState.CONNECTING or self._state is ConnectionState.CLOSED:
             self._stop_reading = True
 
     def _on_accepted(self, event: AcceptConnection) -> None:
