@@ -146,7 +146,7 @@ async def test_extra_headers_sent_and_protocol_headers_dropped(nursery: trio.Nur
     "bad", [[(b"X-Bad", b"a\r\nInjected: 1")], [(b"Bad Name", b"v")], [(b"X", 1)], [(b"only-name",)]]
 )
 async def test_invalid_extra_headers_raise_before_anything_is_sent(echo_server: WebSocketServer, bad: object) -> None:
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises((ValueError, TypeError), match="header"):
         async with open_websocket(HOST, echo_server.port, "/", use_ssl=False, extra_headers=bad):  # type: ignore[arg-type]
             pytest.fail("must not connect")  # pragma: no cover
 
@@ -155,7 +155,7 @@ async def test_body_exception_is_not_wrapped(echo_server: WebSocketServer) -> No
     context = KeyError("context")
     cause = RuntimeError("cause")
     error = ValueError("boom")
-    with pytest.raises(ValueError) as info:  # noqa: PT012
+    with pytest.raises(ValueError, match="boom") as info:
         async with open_websocket(HOST, echo_server.port, "/", use_ssl=False):
             try:
                 raise context
@@ -168,7 +168,7 @@ async def test_body_exception_is_not_wrapped(echo_server: WebSocketServer) -> No
 
 async def test_body_exception_group_passes_through_unchanged(echo_server: WebSocketServer) -> None:
     group = ExceptionGroup("mine", [ValueError(1), TypeError(2)])
-    with pytest.raises(ExceptionGroup) as info:  # noqa: PT012
+    with pytest.raises(ExceptionGroup) as info:
         async with open_websocket(HOST, echo_server.port, "/", use_ssl=False):
             raise group
     assert info.value is group
@@ -190,7 +190,7 @@ async def test_cancelled_body_still_closes_cleanly(nursery: trio.Nursery) -> Non
     server = await start_server(nursery, recorder)
     caught: list[BaseException] = []
     with trio.CancelScope() as scope:
-        with pytest.raises(trio.Cancelled) as info:  # noqa: PT012
+        with pytest.raises(trio.Cancelled) as info:
             async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
                 scope.cancel()
                 try:
@@ -287,7 +287,7 @@ async def test_connect_websocket_raises_oserror_like_trio_websocket(nursery: tri
 
 
 async def test_use_ssl_must_be_bool_or_context(nursery: trio.Nursery, echo_server: WebSocketServer) -> None:
-    with pytest.raises(TypeError, match="`use_ssl` argument must be bool or ssl.SSLContext"):
+    with pytest.raises(TypeError, match=r"`use_ssl` argument must be bool or ssl\.SSLContext"):
         await connect_websocket(nursery, HOST, echo_server.port, "/", use_ssl=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         async with open_websocket(HOST, echo_server.port, "/", use_ssl="yes"):  # type: ignore[arg-type]
@@ -356,7 +356,7 @@ async def test_bad_accept_token_is_a_handshake_error(nursery: trio.Nursery) -> N
         await peer.receive_eof()
 
     port = await start_raw_server(nursery, script)
-    with pytest.raises(HandshakeError, match="Bad accept token") as info:
+    with pytest.raises(HandshakeError, match=r"Bad accept token") as info:
         async with open_websocket(HOST, port, "/", use_ssl=False):
             pytest.fail("must not connect")  # pragma: no cover
     assert not isinstance(info.value, ConnectionRejected)

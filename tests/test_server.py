@@ -55,12 +55,14 @@ async def test_serve_structure(nursery: trio.Nursery) -> None:
 async def test_handler_nursery_holds_one_task_per_connection(nursery: trio.Nursery) -> None:
     async with trio.open_nursery() as handlers:
         server = await start_server(nursery, echo_handler, handler_nursery=handlers)
-        async with open_websocket(HOST, server.port, RESOURCE, use_ssl=False) as ws1:
-            async with open_websocket(HOST, server.port, RESOURCE, use_ssl=False) as ws2:
-                await ws1.send_message("a")
-                await ws2.send_message("b")
-                assert [await ws1.get_message(), await ws2.get_message()] == ["a", "b"]
-                assert len(handlers.child_tasks) == 2
+        async with (
+            open_websocket(HOST, server.port, RESOURCE, use_ssl=False) as ws1,
+            open_websocket(HOST, server.port, RESOURCE, use_ssl=False) as ws2,
+        ):
+            await ws1.send_message("a")
+            await ws2.send_message("b")
+            assert [await ws1.get_message(), await ws2.get_message()] == ["a", "b"]
+            assert len(handlers.child_tasks) == 2
         handlers.cancel_scope.cancel()
 
 
@@ -260,10 +262,16 @@ async def test_server_answers_a_silent_client_with_nothing_and_drops_it(
         (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # no Host
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),  # not an upgrade
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"400"),
-        (b"GET / HTTP/1.1\r\nHost: \xff\xfe\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400"),
-        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", b"426"),
+        (
+            b"GET / HTTP/1.1\r\nHost: \xff\xfe\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            b"400",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+            b"426",
+        ),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", b"400"),  # TLS to a ws: port
     ],
 )

@@ -1,9 +1,9 @@
 """``python -m trio_ws``: an echo server and an interactive client.
 
-    python -m trio_ws serve [--host H] [--port P]   serve an echo server, print its URL
-    python -m trio_ws URL [--subprotocol S] [--cafile F]
-        connect; each line typed is sent, each message received is printed;
-        end of input (Ctrl-D) closes the connection with 1000.
+python -m trio_ws serve [--host H] [--port P]   serve an echo server, print its URL
+python -m trio_ws URL [--subprotocol S] [--cafile F]
+    connect; each line typed is sent, each message received is printed;
+    end of input (Ctrl-D) closes the connection with 1000.
 """
 
 from __future__ import annotations

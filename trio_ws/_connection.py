@@ -70,9 +70,11 @@ MESSAGE_QUEUE_SIZE = 1
 MAX_MESSAGE_SIZE = 2**20
 RECEIVE_BYTES = 4 * 2**10
 
-# Close codes an endpoint may put in a Close frame (RFC 6455 7.4.1 and the IANA
-# registry): 1004-1006 and 1015 are reserved for reporting, never for sending.
-_SENDABLE_RFC_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+# Close codes an endpoint may put in a Close frame: RFC 6455 7.4.1, plus 1012
+# (service restart) and 1013 (try again later) from the IANA registry.  1004-1006
+# and 1015 are for reporting only; 1014 is registered too, but wsproto (and so
+# trio-websocket) fails a connection that receives it, so we do not send it.
+_SENDABLE_RFC_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
 _MAX_CLOSE_REASON_BYTES = 123  # 125-byte control frame payload minus the 2-byte code
 _MAX_REJECT_BODY = 2**16  # how much of a rejection's body a client keeps
 

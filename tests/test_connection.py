@@ -1,0 +1,607 @@
+"""WebSocketConnection: messages, pings, closing, limits and protocol errors."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from trio_ws import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionState,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    connect_websocket,
+    open_websocket,
+    serve_websocket,
+    wrap_client_stream,
+    wrap_server_stream,
+)
+from trio_ws.testing import websocket_pair
+
+from .conftest import HOST, RawClient, RawServerPeer, close_payload, frame, start_raw_server
+
+# --- messages -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "received"),
+    [
+        ("text", "text"),
+        ("", ""),
+        ("non-ASCII: \u00e9\u00e8 \u4e2d\u6587 \U0001f600", "non-ASCII: \u00e9\u00e8 \u4e2d\u6587 \U0001f600"),
+        (b"\x00\xff binary", b"\x00\xff binary"),
+        (b"", b""),
+        (bytearray(b"from a bytearray"), b"from a bytearray"),
+        (memoryview(b"from a memoryview"), b"from a memoryview"),
+        (memoryview(bytes(range(16))).cast("B", (4, 4)), bytes(range(16))),
+    ],
+)
+async def test_send_and_receive_types(sent: str | bytes | bytearray | memoryview, received: str | bytes) -> None:
+    async with websocket_pair() as (client, server):
+        await client.send_message(sent)
+        got = await server.get_message()
+        assert got == received
+        assert type(got) is type(received)
+        await server.send_message(sent)
+        assert await client.get_message() == received
+
+
+async def test_send_invalid_type() -> None:
+    async with websocket_pair() as (client, _):
+        with pytest.raises(ValueError, match="must be str, bytes"):
+            await client.send_message(42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="must be str, bytes"):
+            await client.send_message(None)  # type: ignore[arg-type]
+
+
+async def test_large_messages_and_no_interleaving() -> None:
+    big_a = b"a" * 300_000
+    big_b = "b" * 300_000
+    async with websocket_pair(max_message_size=2**20, message_queue_size=2) as (client, server):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_message, big_a)
+            nursery.start_soon(client.send_message, big_b)
+            received = {await server.get_message(), await server.get_message()}
+        assert received == {big_a, big_b}
+
+
+async def test_messages_before_remote_close_are_delivered() -> None:
+    async with websocket_pair(message_queue_size=2) as (client, server):
+        await server.send_message("1")
+        await server.send_message("2")
+        await server.aclose(1000, "done")
+        assert await client.get_message() == "1"
+        assert await client.get_message() == "2"
+        with pytest.raises(ConnectionClosed) as info:
+            await client.get_message()
+        assert info.value.reason is not None
+        assert (info.value.reason.code, info.value.reason.reason) == (1000, "done")
+
+
+async def test_local_close_drops_unread_messages() -> None:
+    async with websocket_pair(message_queue_size=2) as (client, server):
+        await server.send_message("unread")
+        await client.aclose()
+        with pytest.raises(ConnectionClosed):
+            await client.get_message()
+
+
+async def test_full_queue_stops_the_reader_and_pushes_back(autojump_clock: trio.testing.MockClock) -> None:
+    """With a queue of 1 and nobody reading, the sender is eventually blocked by the transport."""
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        accepted: list[WebSocketConnection] = []
+
+        async def serve() -> None:
+            request = await wrap_server_stream(nursery, server_stream, message_queue_size=1)
+            accepted.append(await request.accept())
+
+        nursery.start_soon(serve)
+        client = await wrap_client_stream(nursery, client_stream, "h", "/")
+        await client.send_message("queued")  # sits in the server's queue
+        await client.send_message("held by the reader")  # the reader waits to queue it
+        with trio.move_on_after(5) as blocked:
+            await client.send_message("not read from the transport")
+        assert blocked.cancelled_caught  # pushed back...
+        assert client.state is ConnectionState.CLOSED  # ...and a half-sent frame aborts the connection
+        assert client.closed is not None
+        assert client.closed.code == 1006
+        assert client.closed.reason is not None
+        assert "cancelled part way" in client.closed.reason
+        server = accepted[0]
+        assert await server.get_message() == "queued"
+        assert await server.get_message() == "held by the reader"
+        nursery.cancel_scope.cancel()
+
+
+async def test_buffered_amount(autojump_clock: trio.testing.MockClock) -> None:
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            request = await wrap_server_stream(nursery, server_stream, message_queue_size=0)
+            await request.accept()
+
+        nursery.start_soon(serve)
+        client = await wrap_client_stream(nursery, client_stream, "h", "/")
+        assert client.buffered_amount == 0
+        await client.send_message("x")  # the server's reader takes it and waits for a reader
+        nursery.start_soon(client.send_message, "\u00e9" * 10)  # 20 bytes of UTF-8, blocked
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.buffered_amount == 20
+        nursery.cancel_scope.cancel()
+
+
+# --- ping and pong ----------------------------------------------------------------
+
+
+async def test_ping_pong() -> None:
+    async with websocket_pair() as (client, server):
+        await client.ping(b"A")
+        await client.ping()  # a random payload
+        await server.ping(b"B")
+        await client.pong(b"unsolicited")
+        await client.pong()
+
+
+async def test_concurrent_pings() -> None:
+    pongs = 0
+    async with websocket_pair() as (client, _):
+
+        async def ping() -> None:
+            nonlocal pongs
+            await client.ping()
+            pongs += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(ping)
+    assert pongs == 5
+
+
+async def test_ping_payload_rules() -> None:
+    async with websocket_pair() as (client, _):
+        errors = 0
+
+        async def ping_a() -> None:
+            nonlocal errors
+            try:
+                await client.ping(b"same")
+            except ValueError:
+                errors += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ping_a)
+            nursery.start_soon(ping_a)
+        assert errors == 1
+        with pytest.raises(ValueError, match="at most 125"):
+            await client.ping(b"x" * 126)
+        with pytest.raises(ValueError, match="at most 125"):
+            await client.pong(b"x" * 126)
+        await client.ping(b"x" * 125)
+
+
+async def test_ping_and_pong_after_close() -> None:
+    async with websocket_pair() as (client, _):
+        pass
+    with pytest.raises(ConnectionClosed):
+        await client.ping(b"late")
+    with pytest.raises(ConnectionClosed):
+        await client.pong(b"late")
+
+
+async def test_a_pong_answers_earlier_pings_too(nursery: trio.Nursery) -> None:
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        payloads = [(await peer.receive_frame())[1] for _ in range(3)]
+        await peer.stream.send_all(frame(0xA, payloads[-1], mask=False))  # answer only the last
+        opcode, payload = await peer.receive_frame()
+        assert opcode == 0x8
+        await peer.stream.send_all(frame(0x8, payload, mask=False))
+        await peer.receive_eof()
+
+    port = await start_raw_server(nursery, script)
+    answered = 0
+    async with open_websocket(HOST, port, "/", use_ssl=False) as ws:
+
+        async def ping(payload: bytes) -> None:
+            nonlocal answered
+            await ws.ping(payload)
+            answered += 1
+
+        async with trio.open_nursery() as pings:
+            for payload in (b"1", b"2", b"3"):
+                pings.start_soon(ping, payload)
+                await trio.testing.wait_all_tasks_blocked()
+    assert answered == 3
+
+
+async def test_ping_on_a_lost_connection_raises(nursery: trio.Nursery) -> None:
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        await peer.receive_frame()  # the ping: never answered
+        # then the TCP connection just ends
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
+    with trio.fail_after(5), pytest.raises(ConnectionClosed) as info:
+        await ws.ping(b"anyone?")
+    assert info.value.reason is not None
+    assert info.value.reason.code == 1006
+
+
+async def test_ping_pending_when_peer_closes_raises() -> None:
+    async with websocket_pair(message_queue_size=0) as (client, server):
+        await client.send_message("blocks the server's reader, so the ping is not answered")
+
+        async def close_server_side() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            assert await server.get_message()  # frees the reader: it answers the ping...
+            await server.aclose(1001)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_server_side)
+            try:
+                await client.ping(b"p")
+            except ConnectionClosed:
+                pass  # ...unless the Close overtook it: either way, no hang
+
+
+async def test_cancelled_ping_frees_its_payload(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        await peer.receive_eof()  # never answers
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, disconnect_timeout=1)
+    with trio.move_on_after(1):
+        await ws.ping(b"same")
+    with trio.move_on_after(1) as again:
+        await ws.ping(b"same")  # no ValueError: the cancelled ping is gone
+    assert again.cancelled_caught
+    await ws.aclose()
+
+
+# --- closing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 3000, 4999])
+async def test_close_codes_that_may_be_sent(code: int) -> None:
+    async with websocket_pair() as (client, server):
+        await client.aclose(code, "r")
+        with pytest.raises(ConnectionClosed) as info:
+            await server.get_message()
+    assert info.value.reason is not None
+    assert (info.value.reason.code, info.value.reason.reason) == (code, "r")
+
+
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2000, 2999, 5000])
+async def test_close_codes_that_may_not_be_sent(code: int) -> None:
+    async with websocket_pair() as (client, _):
+        with pytest.raises(ValueError, match=f"close code {code} may not be sent"):
+            await client.aclose(code)
+        assert client.state is ConnectionState.OPEN
+
+
+async def test_close_reason_length_and_type() -> None:
+    async with websocket_pair() as (client, server):
+        with pytest.raises(ValueError, match="124 bytes"):
+            await client.aclose(1000, "x" * 124)
+        with pytest.raises(ValueError, match="124 bytes"):
+            await client.aclose(1000, "\u00e9" * 62)
+        with pytest.raises(UnicodeEncodeError):
+            await client.aclose(1000, "\ud800")  # a lone surrogate is not UTF-8
+        with pytest.raises(TypeError):
+            await client.aclose(1000, b"bytes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await client.aclose("1000")  # type: ignore[arg-type]
+        assert client.state is ConnectionState.OPEN
+        await client.aclose(1000, "\u00e9" * 61 + "x")  # 123 bytes: fits
+        with pytest.raises(ConnectionClosed) as info:
+            await server.get_message()
+    assert info.value.reason is not None
+    assert info.value.reason.reason == "\u00e9" * 61 + "x"
+
+
+async def test_states_through_a_close(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[ConnectionState] = []
+    async with websocket_pair(message_queue_size=0) as (client, server):
+        assert client.state is server.state is ConnectionState.OPEN
+        await client.send_message("blocks the server's reader")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.aclose)
+            await trio.testing.wait_all_tasks_blocked()
+            seen.append(client.state)  # Close sent, no answer yet
+            assert client.closed is not None
+            assert not client.closed.was_clean
+            assert await server.get_message() == "blocks the server's reader"
+        seen.append(client.state)
+    assert seen == [ConnectionState.CLOSING, ConnectionState.CLOSED]
+    assert client.closed is not None
+    assert client.closed.was_clean
+    assert server.state is ConnectionState.CLOSED
+
+
+async def test_send_racing_a_remote_close_raises_connection_closed() -> None:
+    for _ in range(20):
+        async with websocket_pair() as (client, server), trio.open_nursery() as nursery:
+            nursery.start_soon(server.aclose)
+
+            async def spam() -> None:
+                try:
+                    while True:
+                        await client.send_message("x")
+                        await client.ping()
+                except ConnectionClosed:
+                    pass
+
+            nursery.start_soon(spam)
+
+
+async def test_ping_racing_a_local_close() -> None:
+    for _ in range(20):
+        async with websocket_pair() as (client, _), trio.open_nursery() as nursery:
+
+            async def ping() -> None:
+                try:
+                    await client.ping()
+                except ConnectionClosed:
+                    pass
+
+            nursery.start_soon(ping)
+            nursery.start_soon(client.aclose)
+
+
+async def test_nothing_is_sent_after_our_close(nursery: trio.Nursery) -> None:
+    frames: list[tuple[int, bytes]] = []
+
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        while True:
+            opcode, payload = await peer.receive_frame()
+            frames.append((opcode, payload))
+            if opcode == 0x8:
+                break
+        await peer.stream.send_all(frame(0x8, payload, mask=False))
+        frames.append((0, await peer.receive_eof()))
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(ws.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):
+            with pytest.raises(ConnectionClosed):
+                await ws.send_message("after close")
+    assert frames[-2][0] == 0x8
+    assert frames[-1] == (0, b"")
+
+
+# --- abnormal closes (1006) say why ---------------------------------------------------------
+
+
+async def test_eof_without_close(nursery: trio.Nursery) -> None:
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.get_message()
+    reason = info.value.reason
+    assert reason is not None
+    assert reason.code == 1006
+    assert reason.reason is not None
+    assert "without a Close frame" in reason.reason
+    assert not reason.was_clean
+    assert ws.state is ConnectionState.CLOSED
+
+
+async def test_connection_reset(nursery: trio.Nursery) -> None:
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+        peer.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.get_message()
+    reason = info.value.reason
+    assert reason is not None
+    assert reason.code == 1006
+    assert reason.reason is not None
+    assert "ConnectionResetError" in reason.reason
+
+
+async def test_close_timeout_reason(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        await peer.receive_eof()  # reads the Close, never answers
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, disconnect_timeout=3)
+    start = trio.current_time()
+    await ws.aclose(1000, "bye")
+    assert trio.current_time() - start == pytest.approx(3)
+    assert ws.state is ConnectionState.CLOSED
+    assert ws.closed is not None
+    assert (ws.closed.code, ws.closed.reason, ws.closed.was_clean) == (1000, "bye", False)
+
+
+async def test_client_waits_a_bounded_time_for_the_server_to_close_tcp(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        await peer.stream.send_all(frame(0x8, close_payload(1000), mask=False))
+        await peer.receive_frame()  # the client's answer
+        await trio.sleep_forever()  # but never close TCP
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, disconnect_timeout=2)
+    with pytest.raises(ConnectionClosed):
+        await ws.get_message()
+    assert ws.state is ConnectionState.CLOSING
+    await trio.sleep(1.9)
+    assert ws.state is ConnectionState.CLOSING
+    await trio.sleep(0.2)
+    assert ws.state is ConnectionState.CLOSED
+    assert ws.closed is not None
+    assert ws.closed.code == 1000
+    nursery.cancel_scope.cancel()
+
+
+# --- limits and protocol errors ---------------------------------------------------------------
+
+
+async def test_max_message_size_closes_1009_on_both_sides() -> None:
+    async with websocket_pair(max_message_size=100) as (client, server):
+        await server.send_message(b"A" * 100)
+        assert await client.get_message() == b"A" * 100
+        await server.send_message(b"B" * 101)
+        with pytest.raises(ConnectionClosed) as info:
+            await client.get_message()
+        assert info.value.reason is not None
+        assert info.value.reason.code == 1009
+        with pytest.raises(ConnectionClosed) as server_info:
+            await server.get_message()
+        assert server_info.value.reason is not None
+        assert server_info.value.reason.code == 1009
+    assert client.closed is not None
+    assert client.closed.code == 1009
+    assert client.closed.was_clean
+
+
+async def test_max_message_size_counts_characters_of_text() -> None:
+    async with websocket_pair(max_message_size=10) as (client, server):
+        await server.send_message("\u00e9" * 10)  # 10 characters, 20 bytes of UTF-8
+        assert await client.get_message() == "\u00e9" * 10
+
+
+async def test_oversized_fragmented_message_fails_fast(nursery: trio.Nursery) -> None:
+    """A message that never ends is refused once it passes the limit, without buffering the rest."""
+    server: WebSocketServer = await nursery.start(
+        partial(serve_websocket, accept_and_read, HOST, 0, None, max_message_size=1000)
+    )
+    client = RawClient(await trio.open_tcp_stream(HOST, server.port))
+    async with client.stream:
+        await client.handshake()
+        sent = 0
+        await client.stream.send_all(frame(0x2, b"x" * 100, fin=False))
+        sent += 100
+
+        async def keep_sending() -> None:
+            nonlocal sent
+            try:
+                while sent < 10_000_000:
+                    await client.stream.send_all(frame(0x0, b"x" * 100, fin=False))
+                    sent += 100
+            except trio.BrokenResourceError:
+                pass
+
+        async with trio.open_nursery() as sender:
+            sender.start_soon(keep_sending)
+            opcode, payload = await client.receive_frame()
+            sender.cancel_scope.cancel()
+        assert opcode == 0x8
+        assert struct.unpack("!H", payload[:2])[0] == 1009
+        assert sent < 10_000_000
+
+
+async def accept_and_read(request: WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (frame(0x3, b"reserved opcode"), 1002),
+        (frame(0x1, b"\xff\xfe not UTF-8"), 1007),
+        (frame(0x1, b"ok", rsv=4), 1002),  # RSV1 without an extension
+        (frame(0x9, b"x" * 126), 1002),  # control frame too long
+        (frame(0x9, b"ping", fin=False), 1002),  # fragmented control frame
+        (frame(0x0, b"continuation of nothing"), 1002),
+        (frame(0x1, b"unmasked", mask=False), 1002),
+        (frame(0x8, b"\x03"), 1002),  # a one-byte Close payload
+        (frame(0x8, close_payload(1005)), 1002),  # a code that may not be sent
+        (frame(0x8, struct.pack("!H", 1000) + b"\xff"), 1007),  # reason not UTF-8
+    ],
+)
+async def test_protocol_errors_close_with_the_rfc_code(nursery: trio.Nursery, data: bytes, code: int) -> None:
+    closes: list[CloseReason | None] = []
+    done = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            await ws.get_message()
+        except ConnectionClosed as exc:
+            closes.append(exc.reason)
+        done.set()
+
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, handler, HOST, 0, None))
+    client = RawClient(await trio.open_tcp_stream(HOST, server.port))
+    async with client.stream:
+        await client.handshake()
+        await client.stream.send_all(data)
+        opcode, payload = await client.receive_frame()
+        assert opcode == 0x8
+        assert struct.unpack("!H", payload[:2])[0] == code
+        assert await client.receive_eof() == b""  # and the server drops the connection
+    await done.wait()
+    assert closes[0] is not None
+    assert closes[0].code == code
+
+
+async def test_invalid_utf8_fails_at_the_bad_fragment(nursery: trio.Nursery) -> None:
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, accept_and_read, HOST, 0, None))
+    client = RawClient(await trio.open_tcp_stream(HOST, server.port))
+    async with client.stream:
+        await client.handshake()
+        await client.stream.send_all(frame(0x1, b"valid start ", fin=False))
+        await client.stream.send_all(frame(0x0, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80", fin=False))
+        # No more fragments are sent: the server must not wait for the end of the message.
+        opcode, payload = await client.receive_frame()
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1007)
+
+
+async def test_client_answers_a_server_protocol_error(nursery: trio.Nursery) -> None:
+    got: list[tuple[int, bytes]] = []
+    done = trio.Event()
+
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        await peer.stream.send_all(frame(0x1, b"masked by a server", mask=True))
+        got.append(await peer.receive_frame())
+        done.set()
+
+    port = await start_raw_server(nursery, script)
+    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.get_message()
+    assert info.value.reason is not None
+    assert info.value.reason.code == 1002
+    await done.wait()
+    assert got[0][0] == 0x8
+    assert struct.unpack("!H", got[0][1][:2])[0] == 1002
+    await ws.aclose()
+    assert ws.state is ConnectionState.CLOSED
+
+
+async def test_websocket_pair_body_errors_pass_through() -> None:
+    with pytest.raises(KeyError):
+        async with websocket_pair():
+            raise KeyError("mine")
