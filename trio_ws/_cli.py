@@ -112,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_client, options.url, options.subprotocol, options.cafile)
         except ValueError as exc:
             parser.error(str(exc))
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        # Ctrl-C arrives as KeyboardInterrupt, or inside an ExceptionGroup
+        # when it hit a task in a nursery.
+        if isinstance(exc, BaseExceptionGroup):
+            interrupted = exc.split(KeyboardInterrupt)[0] is not None
+        else:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+        if not interrupted:
+            raise
         _say("stopped")
         return 130

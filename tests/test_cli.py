@@ -1,0 +1,187 @@
+"""``python -m trio_ws``: the echo server and the interactive client, run as subprocesses."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import pytest
+import trio
+
+from trio_ws import (
+    CloseReason,
+    ConnectionClosed,
+    WebSocketRequest,
+    WebSocketServer,
+    open_websocket_url,
+    serve_websocket,
+)
+
+from .conftest import HOST, RESOURCE
+
+# Generous: each subprocess starts a Python interpreter and imports trio.
+LIMIT = 15
+
+COMMAND = [sys.executable, "-m", "trio_ws"]
+
+
+class Output:
+    """Read a subprocess's output stream up to a marker."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.seen = b""
+
+    async def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.seen:
+            data = await self.stream.receive_some(4096)
+            if not data:
+                raise AssertionError(f"output ended before {marker!r}; got {self.seen!r}")
+            self.seen += data
+        return self.seen
+
+    async def read_rest(self) -> bytes:
+        while data := await self.stream.receive_some(4096):
+            self.seen += data
+        return self.seen
+
+
+@asynccontextmanager
+async def cli(*args: str, stdin: bool = False) -> AsyncIterator[trio.Process]:
+    """Run ``python -m trio_ws ARGS``; on the way out kill it if still running, reap it, close its pipes."""
+    process = await trio.lowlevel.open_process(
+        [*COMMAND, *args],
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
+
+
+async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(LIMIT):
+        return await trio.run_process(
+            [*COMMAND, *args], stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+async def read_server_port(process: trio.Process) -> int:
+    """The port in the URL that ``serve`` prints when it is listening."""
+    assert process.stdout is not None
+    first_line = (await Output(process.stdout).read_until(b"\n")).decode().splitlines()[0]
+    match = re.search(r"ws://127\.0\.0\.1:(\d+)/?", first_line)
+    assert match is not None, first_line
+    port = int(match.group(1))
+    assert port != 0
+    return port
+
+
+async def test_serve_prints_its_url_and_echoes() -> None:
+    with trio.fail_after(LIMIT):
+        async with cli("serve", "--host", HOST, "--port", "0") as process:
+            port = await read_server_port(process)
+            async with open_websocket_url(f"ws://{HOST}:{port}{RESOURCE}", subprotocols=["chat"]) as ws:
+                assert ws.subprotocol == "chat"  # the echo server picks the first offered
+                for message in ("hello", b"\x00\xffbinary", "é" * 1000):
+                    await ws.send_message(message)
+                    assert await ws.get_message() == message
+            assert ws.closed is not None
+            assert ws.closed.code == 1000
+            # Still serving after a client left; then stopped by its process object.
+            assert process.returncode is None
+            process.kill()
+            assert await process.wait() == -signal.SIGKILL
+
+
+async def test_serve_stops_cleanly_on_ctrl_c() -> None:
+    with trio.fail_after(LIMIT):
+        async with cli("serve", "--host", HOST, "--port", "0") as process:
+            assert process.stderr is not None
+            await read_server_port(process)
+            process.send_signal(signal.SIGINT)
+            returncode = await process.wait()
+            stderr = (await Output(process.stderr).read_rest()).decode()
+    assert "Traceback" not in stderr, stderr
+    assert returncode in (130, -signal.SIGINT), stderr
+
+
+async def test_interactive_client_echo_and_close_1000(nursery: trio.Nursery) -> None:
+    close_reasons: list[CloseReason | None] = []
+    received: list[str | bytes] = []
+    handler_done = trio.Event()
+
+    async def recording_echo(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                message = await ws.get_message()
+                received.append(message)
+                await ws.send_message(message)
+        except ConnectionClosed as exc:
+            close_reasons.append(exc.reason)
+        handler_done.set()
+
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, recording_echo, HOST, 0, None))
+    with trio.fail_after(LIMIT):
+        async with cli(f"ws://{HOST}:{server.port}{RESOURCE}", stdin=True) as process:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            output = Output(process.stdout)
+            await process.stdin.send_all(b"hello\n")
+            await output.read_until(b"< hello\n")
+            await process.stdin.send_all(b"second line\n")
+            await output.read_until(b"< second line\n")
+            await process.stdin.aclose()  # end of input: the client closes with 1000
+            returncode = await process.wait()
+            await output.read_rest()
+        await handler_done.wait()
+    assert returncode == 0, output.seen
+    assert received == ["hello", "second line"]
+    assert len(close_reasons) == 1
+    reason = close_reasons[0]
+    assert reason is not None
+    assert reason.code == 1000
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("http://127.0.0.1/", "scheme"),
+        ("no-scheme-at-all", "scheme"),
+        ("ws://", "host"),
+    ],
+)
+async def test_bad_url_is_a_clear_error(url: str, complaint: str) -> None:
+    result = await run_cli(url)
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert "WebSocket URL" in stderr, stderr
+    assert complaint in stderr, stderr
+
+
+async def test_unreachable_port_exits_2() -> None:
+    # A socket that is bound but not listening: its port is ours, and refuses connections.
+    with trio.socket.socket() as sock:
+        await sock.bind((HOST, 0))
+        port = sock.getsockname()[1]
+        result = await run_cli(f"ws://{HOST}:{port}{RESOURCE}")
+    assert result.returncode == 2, result
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert "could not connect" in stderr, stderr
+    assert str(port) in stderr, stderr
