@@ -453,3 +453,19 @@ async def test_client_sends_close_before_eof_from_server(nursery: trio.Nursery) 
     assert got == [(0x8, close_payload(1000))]
     assert ws.closed is not None
     assert ws.closed.was_clean
+
+
+async def test_explicit_aclose_timeout_is_not_raised_again_at_exit(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.accept()
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, handler, message_queue_size=0)
+    async with open_websocket(HOST, server.port, "/", use_ssl=False, disconnect_timeout=2) as ws:
+        await ws.send_message("blocks the server's reader")
+        await ws.aclose()  # times out, quietly: aclose() does not raise
+        assert ws.closed is not None
+        assert not ws.closed.was_clean
+    assert ws.state is ConnectionState.CLOSED

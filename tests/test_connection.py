@@ -605,3 +605,14 @@ async def test_websocket_pair_body_errors_pass_through() -> None:
     with pytest.raises(KeyError):
         async with websocket_pair():
             raise KeyError("mine")
+
+
+async def test_websocket_pair_closes_cleanly_when_cancelled() -> None:
+    with trio.CancelScope() as scope:
+        async with websocket_pair() as (client, server):
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    for side in (client, server):
+        assert side.closed is not None
+        assert (side.closed.code, side.closed.was_clean) == (1000, True)

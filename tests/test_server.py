@@ -437,3 +437,58 @@ async def test_server_side_close_from_handler(nursery: trio.Nursery) -> None:
 async def test_upgrade_request_fixture_is_accepted(raw_client: RawClient) -> None:
     response = await raw_client.handshake(UPGRADE_REQUEST)
     assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in response
+
+
+async def test_accept_cancelled_before_the_101_leaves_no_half_open_connection(nursery: trio.Nursery) -> None:
+    states: list[ConnectionState] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await request.accept()
+        states.append(request._connection.state)
+
+    server = await start_server(nursery, handler)
+    with trio.fail_after(5), pytest.raises(HandshakeError):
+        async with open_websocket(HOST, server.port, "/", use_ssl=False):
+            pytest.fail("must not connect")  # pragma: no cover
+    assert states == [ConnectionState.CONNECTING]
+
+
+async def test_handler_ended_by_its_own_connection_closing_is_not_an_error(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    done = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:  # the common loop that never catches ConnectionClosed
+                await ws.send_message(await ws.get_message())
+        finally:
+            done.set()
+
+    server = await start_server(nursery, handler)
+    async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
+        await ws.send_message("hi")
+        assert await ws.get_message() == "hi"
+    await done.wait()
+    assert ws.closed is not None
+    assert ws.closed.code == 1000
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+async def test_connection_closed_from_another_connection_is_a_handler_error(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.accept()
+        raise ConnectionClosed(CloseReason(1000, "some other connection"))
+
+    server = await start_server(nursery, handler)
+    async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+    assert info.value.reason is not None
+    assert info.value.reason.code == 1011
+    assert any(record.levelno == logging.ERROR for record in caplog.records)

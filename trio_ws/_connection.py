@@ -426,10 +426,12 @@ class WebSocketConnection(trio.abc.AsyncResource):
         way).  The reader task may notice the timeout first (it has the same
         deadline), hence the flag rather than the state.
         """
+        if self._state is ConnectionState.CLOSED:
+            return True  # nothing for this call to do, hence nothing to time out
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + timeout
             await self._close_handshake(code, reason)
-        if self._state is not ConnectionState.CLOSED:
+        if not self._closed_event.is_set():
             self._close_timed_out = True
             await self._abort(f"the closing handshake did not finish within {timeout:g} s")
         return not self._close_timed_out
@@ -603,10 +605,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
         try:
             async with self._send_lock:
                 data = self._ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=headers))
-                self._subprotocol = subprotocol
-                self._state = ConnectionState.OPEN
-                self._decided.set()
                 await self._write(data)
+            # OPEN only once the 101 is out: an accept cancelled before that
+            # leaves the connection CONNECTING, and the reader then ends it.
+            self._subprotocol = subprotocol
+            self._state = ConnectionState.OPEN
         finally:
             self._decided.set()
 

@@ -21,7 +21,7 @@ from ._connection import (
     WebSocketConnection,
 )
 from ._endpoint import Endpoint, listener_endpoint
-from ._errors import HandshakeError
+from ._errors import ConnectionClosed, HandshakeError
 
 __all__ = ["WebSocketRequest", "WebSocketServer", "serve_websocket", "wrap_server_stream"]
 
@@ -163,6 +163,17 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
+def _is_own_connection_closed(exc: BaseException, connection: WebSocketConnection) -> bool:
+    """A ConnectionClosed about the handler's own connection (which is indeed closed)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_own_connection_closed(inner, connection) for inner in exc.exceptions)
+    return (
+        isinstance(exc, ConnectionClosed)
+        and connection.state is not ConnectionState.OPEN
+        and exc.reason is connection.closed
+    )
+
+
 def _is_fatal(exc: BaseException) -> bool:
     """KeyboardInterrupt, SystemExit and the like: never swallowed."""
     if isinstance(exc, BaseExceptionGroup):
@@ -256,14 +267,17 @@ class WebSocketServer:
             # Shielded: on server shutdown the reader must live on for the
             # 1001 closing handshake; the finally clause below stops it.
             nursery.start_soon(connection._reader_task, True)
+            why = "the opening handshake did not complete within connect_timeout"
             try:
                 event = None
                 with trio.move_on_after(self._connect_timeout):
                     event = await connection._get_request()
                 if event is not None:
+                    why = "the connection's handler ended"
                     await self._run_handler(connection, WebSocketRequest(connection, event))
             finally:
-                await connection._abort("the opening handshake did not complete within connect_timeout")
+                # Normally closed already; this covers timeouts and cancellation.
+                await connection._abort(why)
                 connection._stop_reader()
 
     async def _run_handler(self, connection: WebSocketConnection, request: WebSocketRequest) -> None:
@@ -276,6 +290,11 @@ class WebSocketServer:
             if _is_fatal(exc):
                 await self._end(connection, 1011, "internal error", 500)
                 raise
+            if _is_own_connection_closed(exc, connection):
+                # The usual way for a handler to learn that its client left.
+                logger.debug("%s: handler ended by %r", connection, exc)
+                await self._end(connection, 1000, None, 403)
+                return
             logger.error("WebSocket handler %r failed on %s", self._handler, connection, exc_info=exc)
             await self._end(connection, 1011, "internal error", 500)
         else:

@@ -17,10 +17,12 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
+from wsproto import ConnectionType, WSConnection
 
-from ._client import _owned_connection, wrap_client_stream
+from ._client import _handshake, _owned_connection
 from ._connection import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, WebSocketConnection
-from ._server import wrap_server_stream
+from ._errors import HandshakeError
+from ._server import WebSocketRequest
 
 __all__ = ["websocket_pair"]
 
@@ -38,36 +40,45 @@ async def websocket_pair(
     """A connected ``(client, server)`` pair over memory streams, for one ``async with``.
 
     ``subprotocols`` is what the client offers and ``subprotocol`` what the
-    server picks.  On exit the client closes with 1000 and the closing
-    handshake completes (bounded by ``disconnect_timeout``); exceptions from
-    the body pass through as themselves, as with ``open_websocket``.
+    server picks.  On exit, by any path (cancellation included), the client
+    closes with 1000 and the closing handshake completes, bounded by
+    ``disconnect_timeout``; exceptions from the body pass through as
+    themselves, as with ``open_websocket``.
     """
-    server_side: list[WebSocketConnection] = []
-    accepted = trio.Event()
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = WebSocketConnection(
+        server_stream,
+        WSConnection(ConnectionType.SERVER),
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+        disconnect_timeout=disconnect_timeout,
+    )
+
+    async def serve() -> None:
+        event = await server._get_request()
+        if event is None:  # pragma: no cover - the client below always sends a valid request
+            raise server._handshake_error or HandshakeError("no request")
+        await WebSocketRequest(server, event).accept(subprotocol=subprotocol)
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
-        client_stream, server_stream = trio.testing.memory_stream_pair()
-
-        async def serve() -> None:
-            request = await wrap_server_stream(
-                nursery, server_stream, message_queue_size, max_message_size, disconnect_timeout=disconnect_timeout
-            )
-            server_side.append(await request.accept(subprotocol=subprotocol))
-            accepted.set()
-
+        # Both readers are shielded, as in open_websocket: a cancelled body
+        # still gets its closing handshake.  The server's reader ends when
+        # the server closes its side after that handshake.
+        nursery.start_soon(server._reader_task, True)
         nursery.start_soon(serve)
-        client = await wrap_client_stream(
+        return await _handshake(
             nursery,
             client_stream,
             "testserver",
             path,
             subprotocols=subprotocols,
+            extra_headers=None,
             message_queue_size=message_queue_size,
             max_message_size=max_message_size,
+            receive_buffer_size=None,
             disconnect_timeout=disconnect_timeout,
+            shield_reader=True,
         )
-        await accepted.wait()
-        return client
 
     async with _owned_connection(connect, disconnect_timeout) as (client, _):
-        yield client, server_side[0]
+        yield client, server
