@@ -469,3 +469,73 @@ async def test_explicit_aclose_timeout_is_not_raised_again_at_exit(
         assert ws.closed is not None
         assert not ws.closed.was_clean
     assert ws.state is ConnectionState.CLOSED
+
+
+def _ipv6_loopback_works() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 loopback on this machine")
+async def test_ipv6_loopback(nursery: trio.Nursery) -> None:
+    recorder = Recorder()
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, recorder, "::1", 0, None))
+    url = f"ws://[::1]:{server.port}/six"
+    async with open_websocket_url(url) as ws:
+        assert ws.url == url
+        assert isinstance(ws.remote, Endpoint)
+        assert str(ws.remote.address) == "::1"
+        assert ws.remote.url == f"ws://[::1]:{server.port}"
+        await ws.send_message("over IPv6")
+        assert await ws.get_message() == "over IPv6"
+    assert recorder.requests[0].host == f"[::1]:{server.port}"
+
+
+async def test_aclose_ends_the_reader_task(nursery: trio.Nursery, echo_server: WebSocketServer) -> None:
+    async with trio.open_nursery() as connections:
+        ws = await connect_websocket(connections, HOST, echo_server.port, "/", use_ssl=False)
+        assert len(connections.child_tasks) == 1  # the reader
+        await ws.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(connections.child_tasks) == 0
+
+
+async def test_a_crash_in_the_reader_comes_out_unwrapped(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a bug gets here; it must still not reach the user as an ExceptionGroup."""
+    bug = RuntimeError("bug in the reader")
+
+    async def broken(self: WebSocketConnection, event: object) -> None:
+        raise bug
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message("trigger")
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+
+    server = await start_server(nursery, handler)
+    async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
+        monkeypatch.setattr(WebSocketConnection, "_on_data", broken)
+        with pytest.raises(RuntimeError) as info:
+            async with open_websocket(HOST, server.port, "/", use_ssl=False):
+                await trio.sleep_forever()
+        assert info.value is bug
+        monkeypatch.undo()
+        with pytest.raises(KeyError) as info2:
+            monkeypatch.setattr(WebSocketConnection, "_on_data", broken)
+            async with open_websocket(HOST, server.port, "/", use_ssl=False):
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    raise KeyError("the body's own error")
+        assert info2.value.args == ("the body's own error",)
+        monkeypatch.undo()
+        assert ws.state is ConnectionState.OPEN

@@ -616,3 +616,32 @@ async def test_websocket_pair_closes_cleanly_when_cancelled() -> None:
     for side in (client, server):
         assert side.closed is not None
         assert (side.closed.code, side.closed.was_clean) == (1000, True)
+
+
+async def test_oversized_single_frame_fails_fast(nursery: trio.Nursery) -> None:
+    """A frame announcing 100 MB is refused once its first bytes pass the limit."""
+    server: WebSocketServer = await nursery.start(
+        partial(serve_websocket, accept_and_read, HOST, 0, None, max_message_size=1000)
+    )
+    client = RawClient(await trio.open_tcp_stream(HOST, server.port))
+    async with client.stream:
+        await client.handshake()
+        header = struct.pack("!BBQ", 0x82, 0x80 | 127, 100_000_000) + b"\x00\x00\x00\x00"
+        await client.stream.send_all(header + b"x" * 2000)
+        sent = 2000
+
+        async def keep_sending() -> None:
+            nonlocal sent
+            try:
+                while sent < 100_000_000:
+                    await client.stream.send_all(b"x" * 65536)
+                    sent += 65536
+            except trio.BrokenResourceError:
+                pass
+
+        async with trio.open_nursery() as sender:
+            sender.start_soon(keep_sending)
+            opcode, payload = await client.receive_frame()
+            sender.cancel_scope.cancel()
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1009)
+        assert sent < 50_000_000
