@@ -645,3 +645,41 @@ async def test_oversized_single_frame_fails_fast(nursery: trio.Nursery) -> None:
             sender.cancel_scope.cancel()
         assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1009)
         assert sent < 50_000_000
+
+
+async def test_websocket_pair_exits_with_unread_server_messages() -> None:
+    with trio.fail_after(5):
+        async with websocket_pair(message_queue_size=1) as (client, server):
+            for n in range(3):
+                await client.send_message(f"unread {n}")
+            await trio.testing.wait_all_tasks_blocked()
+    assert client.closed is not None
+    assert client.closed.was_clean
+    assert server.state is ConnectionState.CLOSED
+
+
+async def test_websocket_pair_with_a_subprotocol_the_client_did_not_offer() -> None:
+    with trio.fail_after(5), pytest.raises(ValueError, match="not proposed"):
+        async with websocket_pair(subprotocol="chat"):
+            pytest.fail("must not open")  # pragma: no cover
+
+
+async def test_frames_sent_with_the_upgrade_request_are_not_lost(nursery: trio.Nursery) -> None:
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, echo_handler_for_tests, HOST, 0, None))
+    client = RawClient(await trio.open_tcp_stream(HOST, server.port))
+    async with client.stream:
+        from .conftest import UPGRADE_REQUEST
+
+        await client.stream.send_all(UPGRADE_REQUEST + frame(0x1, b"eager") + frame(0x9, b"p"))
+        assert (await client.receive_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        frames = {await client.receive_frame(), await client.receive_frame()}
+        assert frames == {(0x1, b"eager"), (0xA, b"p")}
+
+
+async def echo_handler_for_tests(request: WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass

@@ -279,19 +279,25 @@ async def _owned_connection(
                     yield connection, result
                 except BaseException as exc:
                     error = exc
-                result.timed_out = not await connection._close_within(1000, None, disconnect_timeout)
-                connection._stop_reader()
+                try:
+                    result.timed_out = not await connection._close_within(1000, None, disconnect_timeout)
+                finally:
+                    connection._stop_reader()
     except BaseExceptionGroup as group:
-        leaves = [leaf for leaf in _leaves(group) if not isinstance(leaf, trio.Cancelled)]
-        for leaf in leaves:
-            if isinstance(leaf, KeyboardInterrupt):
-                _reraise(leaf)
+        # The reader task crashed: a bug, or KeyboardInterrupt delivered there.
+        internal = [leaf for leaf in _leaves(group) if not isinstance(leaf, trio.Cancelled)]
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in internal):
+            raise KeyboardInterrupt from group
         if error is not None and not isinstance(error, trio.Cancelled):
-            if error.__context__ is None:
-                error.__context__ = group
+            # The body's own exception wins; the internal ones become its
+            # context, next to the context it already had.
+            if error.__context__ is not None and not error.__suppress_context__:
+                internal.append(error.__context__)
+            error.__context__ = BaseExceptionGroup("internal errors in trio_ws while the body ran", internal)
+            error.__suppress_context__ = False
             _reraise(error)
-        if len(leaves) == 1:
-            _reraise(leaves[0])
+        if len(internal) == 1:
+            _reraise(internal[0])
         raise
     if error is not None:
         _reraise(error)

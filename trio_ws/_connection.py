@@ -77,6 +77,7 @@ RECEIVE_BYTES = 4 * 2**10
 _SENDABLE_RFC_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
 _MAX_CLOSE_REASON_BYTES = 123  # 125-byte control frame payload minus the 2-byte code
 _MAX_REJECT_BODY = 2**16  # how much of a rejection's body a client keeps
+_CLIENT_CLOSE_GRACE = 1.0  # seconds a closing client waits for the server to close TCP
 
 
 class ConnectionState(enum.IntEnum):
@@ -310,8 +311,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         """Wait for the next message and return it: ``str`` for text, ``bytes`` for binary.
 
         Messages that arrived before the peer closed are still returned; after
-        them this raises :exc:`ConnectionClosed`.  After a *local* close, unread
-        messages are dropped and this raises at once.
+        them this raises :exc:`ConnectionClosed`.  If *you* close an open
+        connection (:meth:`aclose`), unread messages are dropped and this
+        raises at once.
 
         :raises ConnectionClosed: the connection is closed.
         """
@@ -432,8 +434,13 @@ class WebSocketConnection(trio.abc.AsyncResource):
             scope.deadline = trio.current_time() + timeout
             await self._close_handshake(code, reason)
         if not self._closed_event.is_set():
-            self._close_timed_out = True
-            await self._abort(f"the closing handshake did not finish within {timeout:g} s")
+            if self._close_handshake_done.is_set():
+                # The handshake is done; the deadline only cut short a client's
+                # wait for the server to close TCP.
+                await self._finish()
+            else:
+                self._close_timed_out = True
+                await self._abort(f"the closing handshake did not finish within {timeout:g} s")
         return not self._close_timed_out
 
     async def _close_handshake(self, code: int, reason: str | None) -> None:
@@ -449,6 +456,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._recv_channel.close()
             await self._send_close(CloseConnection(code=code, reason=reason))
         await self._close_handshake_done.wait()
+        if self._is_client and not self._closed_event.is_set():
+            # RFC 6455 7.1.1: the server should close TCP first (so that TIME_WAIT
+            # lands on the server); give it a moment to, then close anyway.
+            with trio.move_on_after(_CLIENT_CLOSE_GRACE):
+                await self._closed_event.wait()
         await self._finish()
 
     def _begin_closing(self, reason: CloseReason) -> None:
@@ -610,6 +622,13 @@ class WebSocketConnection(trio.abc.AsyncResource):
             # leaves the connection CONNECTING, and the reader then ends it.
             self._subprotocol = subprotocol
             self._state = ConnectionState.OPEN
+            # A client should wait for our 101 before sending frames, but if it
+            # sent some with its request, they sit in h11's buffer: wsproto's
+            # server side does not pass them on, so we do.
+            h11_connection = getattr(self._ws.handshake, "_h11_connection", None)
+            trailing = h11_connection.trailing_data[0] if h11_connection is not None else b""
+            if trailing and self._ws.connection is not None:
+                self._ws.connection.receive_data(bytes(trailing))
         finally:
             self._decided.set()
 
@@ -810,8 +829,10 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._begin_closing(CloseReason(int(event.code), event.reason or None))
             await self._send_close(CloseConnection(code=int(event.code), reason=event.reason))
         self._close_handshake_done.set()
-        # RFC 6455 7.1.1: the server closes TCP first; a client waits (a
-        # bounded time, see _begin_closing) for the server to do so.
+        # RFC 6455 7.1.1: the server closes TCP first; a client reads on (and
+        # drops what comes) until it does, for a bounded time: at most
+        # _CLIENT_CLOSE_GRACE when aclose() waits, else the reader's closing
+        # deadline (see _begin_closing).
         if self._is_client:
             self._discard_input = True
         else:

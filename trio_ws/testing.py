@@ -45,6 +45,9 @@ async def websocket_pair(
     ``disconnect_timeout``; exceptions from the body pass through as
     themselves, as with ``open_websocket``.
     """
+    offered = list(subprotocols or ())
+    if subprotocol is not None and subprotocol not in offered:
+        raise ValueError(f"subprotocol {subprotocol!r} was not proposed by the client (it offers {offered!r})")
     client_stream, server_stream = trio.testing.memory_stream_pair()
     server = WebSocketConnection(
         server_stream,
@@ -55,10 +58,14 @@ async def websocket_pair(
     )
 
     async def serve() -> None:
-        event = await server._get_request()
-        if event is None:  # pragma: no cover - the client below always sends a valid request
-            raise server._handshake_error or HandshakeError("no request")
-        await WebSocketRequest(server, event).accept(subprotocol=subprotocol)
+        try:
+            event = await server._get_request()
+            if event is None:  # pragma: no cover - the client below always sends a valid request
+                raise server._handshake_error or HandshakeError("no request")
+            await WebSocketRequest(server, event).accept(subprotocol=subprotocol)
+        except BaseException:
+            await server._abort("websocket_pair: the server side could not accept")
+            raise
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
         # Both readers are shielded, as in open_websocket: a cancelled body
@@ -71,7 +78,7 @@ async def websocket_pair(
             client_stream,
             "testserver",
             path,
-            subprotocols=subprotocols,
+            subprotocols=offered,
             extra_headers=None,
             message_queue_size=message_queue_size,
             max_message_size=max_message_size,
@@ -81,4 +88,13 @@ async def websocket_pair(
         )
 
     async with _owned_connection(connect, disconnect_timeout) as (client, _):
-        yield client, server
+        try:
+            yield client, server
+        finally:
+            # Nobody reads the server side after the block: drop what is left,
+            # so that a reader waiting on a full queue sees the client's Close,
+            # and bound whatever else it has to do.
+            server._recv_channel.close()
+            scope = server._reader_scope
+            if scope is not None and scope.deadline == float("inf"):
+                scope.deadline = trio.current_time() + disconnect_timeout
