@@ -19,7 +19,7 @@ import pytest
 import trio
 import trustme
 
-from trio_ws import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
+from trio_ws import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer, serve_websocket
 
 HOST = "127.0.0.1"
 RESOURCE = "/resource"
@@ -41,21 +41,29 @@ def no_fd_leak() -> Iterator[None]:
     assert not leaked, f"file descriptors left open: {[os.readlink(f'/proc/self/fd/{fd}') for fd in leaked]}"
 
 
+async def echo_loop(ws: WebSocketConnection) -> None:
+    """Send every message back until the connection closes."""
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass
+
+
 async def echo_handler(request: WebSocketRequest) -> None:
     """Accept (picking the first proposed subprotocol) and echo every message."""
-    ws = await request.accept(subprotocol=next(iter(request.proposed_subprotocols), None))
-    while True:
-        try:
-            message = await ws.get_message()
-        except ConnectionClosed:
-            return
-        await ws.send_message(message)
+    await echo_loop(await request.accept(subprotocol=next(iter(request.proposed_subprotocols), None)))
+
+
+async def start_server(nursery: trio.Nursery, handler: object, **options: object) -> WebSocketServer:
+    """serve_websocket(handler) on a free loopback port, in ``nursery``."""
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, handler, HOST, 0, None, **options))
+    return server
 
 
 @pytest.fixture
 async def echo_server(nursery: trio.Nursery) -> WebSocketServer:
-    server: WebSocketServer = await nursery.start(partial(serve_websocket, echo_handler, HOST, 0, None))
-    return server
+    return await start_server(nursery, echo_handler)
 
 
 @pytest.fixture(scope="session")

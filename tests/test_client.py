@@ -30,12 +30,7 @@ from trio_ws import (
     wrap_server_stream,
 )
 
-from .conftest import HOST, RESOURCE, RawServerPeer, close_payload, frame, start_raw_server
-
-
-async def start_server(nursery: trio.Nursery, handler: object, **options: object) -> WebSocketServer:
-    server: WebSocketServer = await nursery.start(partial(serve_websocket, handler, HOST, 0, None, **options))
-    return server
+from .conftest import HOST, RESOURCE, RawServerPeer, close_payload, frame, start_raw_server, start_server
 
 
 def closed_port() -> int:

@@ -25,7 +25,17 @@ from trio_ws import (
 )
 from trio_ws.testing import websocket_pair
 
-from .conftest import HOST, RawClient, RawServerPeer, close_payload, frame, start_raw_server
+from .conftest import (
+    HOST,
+    UPGRADE_REQUEST,
+    RawClient,
+    RawServerPeer,
+    close_payload,
+    echo_handler,
+    frame,
+    start_raw_server,
+    start_server,
+)
 
 # --- messages -----------------------------------------------------------------
 
@@ -387,9 +397,12 @@ async def test_nothing_is_sent_after_our_close(nursery: trio.Nursery) -> None:
 # --- abnormal closes (1006) say why ---------------------------------------------------------
 
 
-async def test_eof_without_close(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize(("reset", "why"), [(False, "without a Close frame"), (True, "ConnectionResetError")])
+async def test_transport_lost_without_close(nursery: trio.Nursery, reset: bool, why: str) -> None:
     async def script(peer: RawServerPeer) -> None:
         await peer.accept()
+        if reset:  # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+            peer.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     port = await start_raw_server(nursery, script)
     ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
@@ -399,26 +412,9 @@ async def test_eof_without_close(nursery: trio.Nursery) -> None:
     assert reason is not None
     assert reason.code == 1006
     assert reason.reason is not None
-    assert "without a Close frame" in reason.reason
+    assert why in reason.reason
     assert not reason.was_clean
     assert ws.state is ConnectionState.CLOSED
-
-
-async def test_connection_reset(nursery: trio.Nursery) -> None:
-    async def script(peer: RawServerPeer) -> None:
-        await peer.accept()
-        # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
-        peer.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-    port = await start_raw_server(nursery, script)
-    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
-    with pytest.raises(ConnectionClosed) as info:
-        await ws.get_message()
-    reason = info.value.reason
-    assert reason is not None
-    assert reason.code == 1006
-    assert reason.reason is not None
-    assert "ConnectionResetError" in reason.reason
 
 
 async def test_close_timeout_reason(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
@@ -665,21 +661,10 @@ async def test_websocket_pair_with_a_subprotocol_the_client_did_not_offer() -> N
 
 
 async def test_frames_sent_with_the_upgrade_request_are_not_lost(nursery: trio.Nursery) -> None:
-    server: WebSocketServer = await nursery.start(partial(serve_websocket, echo_handler_for_tests, HOST, 0, None))
+    server = await start_server(nursery, echo_handler)
     client = RawClient(await trio.open_tcp_stream(HOST, server.port))
     async with client.stream:
-        from .conftest import UPGRADE_REQUEST
-
         await client.stream.send_all(UPGRADE_REQUEST + frame(0x1, b"eager") + frame(0x9, b"p"))
         assert (await client.receive_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
         frames = {await client.receive_frame(), await client.receive_frame()}
         assert frames == {(0x1, b"eager"), (0xA, b"p")}
-
-
-async def echo_handler_for_tests(request: WebSocketRequest) -> None:
-    ws = await request.accept()
-    try:
-        while True:
-            await ws.send_message(await ws.get_message())
-    except ConnectionClosed:
-        pass

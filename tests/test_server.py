@@ -16,7 +16,6 @@ from trio_ws import (
     ConnectionState,
     Endpoint,
     HandshakeError,
-    WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
     connect_websocket,
@@ -25,12 +24,17 @@ from trio_ws import (
     wrap_server_stream,
 )
 
-from .conftest import HOST, RESOURCE, UPGRADE_REQUEST, RawClient, close_payload, echo_handler, frame
-
-
-async def start_server(nursery: trio.Nursery, handler: object, **options: object) -> WebSocketServer:
-    server: WebSocketServer = await nursery.start(partial(serve_websocket, handler, HOST, 0, None, **options))
-    return server
+from .conftest import (
+    HOST,
+    RESOURCE,
+    UPGRADE_REQUEST,
+    RawClient,
+    close_payload,
+    echo_handler,
+    echo_loop,
+    frame,
+    start_server,
+)
 
 
 async def raw_connect(port: int) -> RawClient:
@@ -136,7 +140,7 @@ async def test_handler_error_closes_1011_logs_and_server_goes_on(
         if request.path == "/bad":
             await fail.wait()
             raise RuntimeError("handler bug")
-        await echo_handler_loop(ws)
+        await echo_loop(ws)
 
     server = await start_server(nursery, handler)
     async with open_websocket(HOST, server.port, "/good", use_ssl=False) as good:
@@ -156,14 +160,6 @@ async def test_handler_error_closes_1011_logs_and_server_goes_on(
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], RuntimeError)
-
-
-async def echo_handler_loop(ws: WebSocketConnection) -> None:
-    try:
-        while True:
-            await ws.send_message(await ws.get_message())
-    except ConnectionClosed:
-        pass
 
 
 async def test_handler_exception_group_is_contained(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
