@@ -16,6 +16,7 @@ from ._connection import (
     MESSAGE_QUEUE_SIZE,
     RECEIVE_BYTES,
     WebSocketConnection,
+    check_compression,
 )
 from ._errors import ConnectionTimeout, DisconnectionTimeout, HandshakeError
 from ._url import WebSocketURL, parse_url
@@ -60,6 +61,7 @@ async def _handshake(
     max_message_size: int,
     receive_buffer_size: int | None,
     disconnect_timeout: float,
+    compression: str | None,
     shield_reader: bool = False,
 ) -> WebSocketConnection:
     """Run the client's opening handshake on ``stream``; close it on any failure."""
@@ -75,6 +77,7 @@ async def _handshake(
             max_message_size=max_message_size,
             receive_buffer_size=receive_buffer_size,
             disconnect_timeout=disconnect_timeout,
+            compression=compression,
         )
     except BaseException:
         await trio.aclose_forcefully(stream)
@@ -98,6 +101,7 @@ async def _connect(
     **options: Any,
 ) -> WebSocketConnection:
     ssl_context = _ssl_context(use_ssl)
+    check_compression(options.get("compression"))
     stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
     if ssl_context is not None:
         try:
@@ -122,6 +126,7 @@ async def connect_websocket(
     max_message_size: int = MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
 ) -> WebSocketConnection:
     """Connect to ``host``:``port``, request ``resource``, return the open connection.
 
@@ -141,6 +146,8 @@ async def connect_websocket(
         trio's default).
     :param disconnect_timeout: (new in trio_ws) how long :meth:`aclose` waits
         for the closing handshake.
+    :param compression: (new in trio_ws) ``"deflate"`` offers permessage-deflate
+        (RFC 7692); ``None``, the default, offers no extension, as trio-websocket.
     :raises OSError: the TCP connection failed.
     :raises HandshakeError: the TLS or WebSocket handshake failed
         (:exc:`ConnectionRejected` if the server answered with an HTTP error).
@@ -157,6 +164,7 @@ async def connect_websocket(
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
+        compression=compression,
     )
 
 
@@ -171,6 +179,7 @@ async def connect_websocket_url(
     max_message_size: int = MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
 ) -> WebSocketConnection:
     """Like :func:`connect_websocket`, for a ``ws://`` or ``wss://`` URL.
 
@@ -192,6 +201,7 @@ async def connect_websocket_url(
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
+        compression=compression,
     )
 
 
@@ -207,6 +217,7 @@ async def wrap_client_stream(
     max_message_size: int = MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
 ) -> WebSocketConnection:
     """Run a client handshake over a stream you opened yourself.
 
@@ -225,6 +236,7 @@ async def wrap_client_stream(
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
+        compression=compression,
     )
 
 
@@ -317,6 +329,7 @@ async def open_websocket(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Open a client connection for the body of an ``async with`` block.
 
@@ -335,7 +348,8 @@ async def open_websocket(
         did not within ``disconnect_timeout``.
     """
 
-    _ssl_context(use_ssl)  # a bad use_ssl is a TypeError before anything happens
+    _ssl_context(use_ssl)  # a bad use_ssl or compression is an error before anything happens
+    check_compression(compression)
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
         try:
@@ -352,6 +366,7 @@ async def open_websocket(
                     max_message_size=max_message_size,
                     receive_buffer_size=receive_buffer_size,
                     disconnect_timeout=disconnect_timeout,
+                    compression=compression,
                     shield_reader=True,
                 )
         except trio.TooSlowError:
@@ -375,6 +390,7 @@ def open_websocket_url(
     max_message_size: int = MAX_MESSAGE_SIZE,
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
     receive_buffer_size: int | None = RECEIVE_BYTES,
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
     """:func:`open_websocket` for a ``ws://`` or ``wss://`` URL.
@@ -398,4 +414,5 @@ def open_websocket_url(
         receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
+        compression=compression,
     )

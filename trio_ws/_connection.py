@@ -27,7 +27,7 @@ import os
 import sys
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from wsproto import WSConnection
@@ -44,14 +44,13 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension
 from wsproto.utilities import RemoteProtocolError
 
+from ._compression import PerMessageDeflate
 from ._endpoint import Endpoint, stream_endpoint
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError
 from ._handshake import PROTOCOL_HEADERS, Headers, caller_headers, check_reject_status
-
-if TYPE_CHECKING:
-    from wsproto.extensions import Extension
 
 __all__ = [
     "CONN_TIMEOUT",
@@ -78,6 +77,7 @@ _SENDABLE_RFC_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010,
 _MAX_CLOSE_REASON_BYTES = 123  # 125-byte control frame payload minus the 2-byte code
 _MAX_REJECT_BODY = 2**16  # how much of a rejection's body a client keeps
 _CLIENT_CLOSE_GRACE = 1.0  # seconds a closing client waits for the server to close TCP
+_FAIL_GRACE = 1.0  # seconds a protocol error waits for the application to take earlier messages
 
 
 class ConnectionState(enum.IntEnum):
@@ -87,6 +87,12 @@ class ConnectionState(enum.IntEnum):
     OPEN = 1  #: messages can be sent and received
     CLOSING = 2  #: a Close frame has been sent or received; the transport is still open
     CLOSED = 3  #: the transport is closed (or the handshake failed)
+
+
+def check_compression(compression: str | None) -> None:
+    """``compression`` is ``None`` (off) or ``"deflate"`` (permessage-deflate, RFC 7692)."""
+    if compression not in (None, "deflate"):
+        raise ValueError(f'compression must be None or "deflate", not {compression!r}')
 
 
 def check_close_args(code: int, reason: str | None) -> None:
@@ -150,7 +156,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         max_message_size: int = MAX_MESSAGE_SIZE,
         receive_buffer_size: int | None = RECEIVE_BYTES,
         disconnect_timeout: float = CONN_TIMEOUT,
+        compression: str | None = None,
     ) -> None:
+        check_compression(compression)
         self._id = next(self.CONNECTION_ID)
         self._stream = stream
         self._ws = ws_connection
@@ -172,6 +180,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._message_parts: list[Any] = []  # the str or bytes pieces of one message
         self._message_size = 0
         self._pings: dict[bytes, _PendingPing] = {}
+        self._drained: trio.Event | None = None  # see _let_the_application_answer
+        self._delivered = 0  # messages put in the channel...
+        self._taken = 0  # ... and returned by get_message()
 
         # Set when the opening handshake has an outcome: the client has its
         # response, the server has the client's request (or either failed).
@@ -192,7 +203,13 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._path = path
         self._host = host
         self._subprotocol: str | None = None
-        self._extensions: list[Extension] = []
+        # permessage-deflate, when asked for: offered (client) or accepted if
+        # offered (server); ``extensions`` reports what was agreed.
+        self._deflate = (
+            PerMessageDeflate(client=self._is_client, max_message_size=max_message_size)
+            if compression is not None
+            else None
+        )
         self._handshake_headers: tuple[tuple[bytes, bytes], ...] = ()
         self._request: Request | None = None
         self._reject_status = 0
@@ -214,6 +231,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 host=self._host or host,
                 target=path,
                 subprotocols=list(client_subprotocols or ()),
+                extensions=[self._deflate] if self._deflate is not None else [],
                 extra_headers=extra,
             )
 
@@ -278,12 +296,12 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
     @property
     def extensions(self) -> str:
-        """(Read-only) The negotiated extensions as a header value; ``""`` when none."""
-        parts = []
-        for extension in self._extensions:
-            offer = getattr(extension, "_trio_ws_header", None)
-            parts.append(offer if isinstance(offer, str) else extension.name)
-        return ", ".join(parts)
+        """(Read-only) The negotiated extensions, as the ``Sec-WebSocket-Extensions`` value.
+
+        ``""`` when none (the browser's ``WebSocket.extensions``), e.g.
+        ``"permessage-deflate; server_max_window_bits=12"``.
+        """
+        return self._deflate.header if self._deflate is not None else ""
 
     @property
     def handshake_headers(self) -> tuple[tuple[bytes, bytes], ...]:
@@ -318,9 +336,13 @@ class WebSocketConnection(trio.abc.AsyncResource):
         :raises ConnectionClosed: the connection is closed.
         """
         try:
-            return await self._recv_channel.receive()
+            message = await self._recv_channel.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ConnectionClosed(self._close_reason) from None
+        self._taken += 1
+        if self._drained is not None and self._taken >= self._delivered:
+            self._drained.set()
+        return message
 
     async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send a message: ``str`` as text, ``bytes``/``bytearray``/``memoryview`` as binary.
@@ -548,9 +570,14 @@ class WebSocketConnection(trio.abc.AsyncResource):
             raise
 
     async def _send_data_event(self, event: Event) -> None:
-        """Send a message, ping or pong: only while OPEN."""
+        """Send a message, ping or pong: only while OPEN.
+
+        Callers check ``state`` first; under the lock only wsproto's state
+        counts: a frame that got the lock before our Close frame was made may
+        still go out before it (nothing goes out after it).
+        """
         async with self._send_lock:
-            if self._state is not ConnectionState.OPEN or self._ws.state is not _WsState.OPEN:
+            if self._ws.state is not _WsState.OPEN or self._transport_closed:
                 raise ConnectionClosed(self._close_reason)
             await self._write(self._ws.send(event))
 
@@ -616,7 +643,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._decision_made = True
         try:
             async with self._send_lock:
-                data = self._ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=headers))
+                extensions: list[Extension] = [self._deflate] if self._deflate is not None else []
+                event = AcceptConnection(subprotocol=subprotocol, extensions=extensions, extra_headers=headers)
+                data = self._ws.send(event)
                 await self._write(data)
             # OPEN only once the 101 is out: an accept cancelled before that
             # leaves the connection CONNECTING, and the reader then ends it.
@@ -787,10 +816,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
             message = b"".join([*self._message_parts, data])
         self._message_parts = []
         self._message_size = 0
+        self._delivered += 1
         try:
             await self._send_channel.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # closed locally meanwhile: nobody will read it
+            self._delivered -= 1  # closed locally meanwhile: nobody will read it
 
     async def _on_ping(self, event: Ping) -> None:
         async with self._send_lock:
@@ -826,6 +856,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             # wsproto reports a protocol violation by the peer as a
             # CloseConnection event without changing state (its parser has
             # stopped).  Fail the connection with that code (1002, 1007...).
+            await self._let_the_application_answer()
             self._begin_closing(CloseReason(int(event.code), event.reason or None))
             await self._send_close(CloseConnection(code=int(event.code), reason=event.reason))
         self._close_handshake_done.set()
@@ -837,6 +868,28 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._discard_input = True
         else:
             self._stop_reading = True
+
+    async def _let_the_application_answer(self) -> None:
+        """Before failing the connection, let the application answer what came before the fault.
+
+        The messages that arrived before a protocol error are valid and are
+        delivered; an application that answers them (an echo, a request and
+        its response) expects the answers to leave before our Close frame, and
+        RFC 6455 test suites check exactly that.  So wait, briefly, until the
+        application has taken every message (counted when get_message()
+        returns, not when the channel hands it over: the receiving task may
+        not have run yet), then yield once: the task that took the last
+        message has started its reply and holds the send lock, so our Close
+        queues behind it.
+        """
+        if self._taken < self._delivered:
+            self._drained = trio.Event()
+            with trio.move_on_after(_FAIL_GRACE):
+                await self._drained.wait()
+            self._drained = None
+        # get_message() set _drained and its caller ran on, without a
+        # checkpoint, to its next send_message(), which took the lock.
+        await trio.lowlevel.checkpoint()
 
     async def _on_eof(self) -> None:
         if self._state is ConnectionState.CONNECTING and self._is_client and self._reject_status:
@@ -870,7 +923,6 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
     def _on_accepted(self, event: AcceptConnection) -> None:
         self._subprotocol = event.subprotocol
-        self._extensions = list(event.extensions)
         self._handshake_headers = tuple(event.extra_headers)
         self._state = ConnectionState.OPEN
         self._handshake_done.set()

@@ -19,6 +19,7 @@ from ._connection import (
     RECEIVE_BYTES,
     ConnectionState,
     WebSocketConnection,
+    check_compression,
 )
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
@@ -128,6 +129,7 @@ async def wrap_server_stream(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     *,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
 ) -> WebSocketRequest:
     """Read a client's opening handshake from a stream you accepted yourself.
 
@@ -145,6 +147,7 @@ async def wrap_server_stream(
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
+        compression=compression,
     )
     nursery.start_soon(connection._reader_task)
     try:
@@ -205,6 +208,7 @@ class WebSocketServer:
         receive_buffer_size: int | None = RECEIVE_BYTES,
         connect_timeout: float = CONN_TIMEOUT,
         disconnect_timeout: float = CONN_TIMEOUT,
+        compression: str | None = None,
     ) -> None:
         if len(listeners) == 0:
             raise ValueError("Listeners must contain at least one item.")
@@ -216,6 +220,8 @@ class WebSocketServer:
         self._receive_buffer_size = receive_buffer_size
         self._connect_timeout = connect_timeout
         self._disconnect_timeout = disconnect_timeout
+        check_compression(compression)
+        self._compression = compression
 
     @property
     def port(self) -> int:
@@ -262,6 +268,7 @@ class WebSocketServer:
             max_message_size=self._max_message_size,
             receive_buffer_size=self._receive_buffer_size,
             disconnect_timeout=self._disconnect_timeout,
+            compression=self._compression,
         )
         async with trio.open_nursery() as nursery:
             # Shielded: on server shutdown the reader must live on for the
@@ -320,6 +327,7 @@ async def serve_websocket(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve WebSockets over TCP (TLS when ``ssl_context`` is given) until cancelled.
@@ -328,7 +336,12 @@ async def serve_websocket(
     returns once the server is listening.  ``host`` ``None`` binds every
     interface (possibly several listeners, with different ports if ``port``
     is 0).  See :class:`WebSocketServer` for what happens to each connection.
+
+    ``compression="deflate"`` (new in trio_ws) accepts permessage-deflate
+    (RFC 7692) from clients that offer it (browsers do); ``None``, the
+    default, accepts no extension, as trio-websocket.
     """
+    check_compression(compression)
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]
     if ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -343,5 +356,6 @@ async def serve_websocket(
         receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
+        compression=compression,
     )
     await server.run(task_status=task_status)

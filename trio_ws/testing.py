@@ -36,6 +36,7 @@ async def websocket_pair(
     message_queue_size: int = MESSAGE_QUEUE_SIZE,
     max_message_size: int = MAX_MESSAGE_SIZE,
     disconnect_timeout: float = CONN_TIMEOUT,
+    compression: str | None = None,
 ) -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnection]]:
     """A connected ``(client, server)`` pair over memory streams, for one ``async with``.
 
@@ -55,6 +56,7 @@ async def websocket_pair(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
         disconnect_timeout=disconnect_timeout,
+        compression=compression,
     )
 
     async def serve() -> None:
@@ -84,6 +86,7 @@ async def websocket_pair(
             max_message_size=max_message_size,
             receive_buffer_size=None,
             disconnect_timeout=disconnect_timeout,
+            compression=compression,
             shield_reader=True,
         )
 

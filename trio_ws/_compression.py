@@ -1,0 +1,240 @@
+"""permessage-deflate (RFC 7692), as a wsproto extension.
+
+wsproto ships one, but it inflates without a limit (a small frame can expand
+to gigabytes before anybody checks a size), accepts parameters RFC 7692 says
+to decline (unknown names, duplicates, bad values), mixes up state across
+several offers in one request, and cannot be told to avoid the 8-bit window
+that zlib cannot produce.  This one fixes those points and keeps the
+interface wsproto expects, so the framing layer stays wsproto's.
+
+Inflation is bounded by ``max_message_size`` as it happens: binary output by
+bytes, text output by characters (the unit ``len()`` uses for ``str``), so a
+compressed message is refused (1009) at the same size as an uncompressed one,
+without inflating more than the limit plus one byte per call to zlib.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason as Code
+from wsproto.frame_protocol import FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+__all__ = ["PerMessageDeflate", "parse_parameters"]
+
+NAME = "permessage-deflate"
+_TAIL = b"\x00\x00\xff\xff"  # what RFC 7692 7.2.1 strips from each compressed message
+# UTF-8 continuation bytes (0x80-0xBF): a character is a byte that is not one.
+_CONTINUATION = bytes(range(0x80, 0xC0))
+# zlib produces raw deflate streams with windows of 2**9 to 2**15 bytes only.
+_MIN_BITS, _MAX_BITS = 9, 15
+
+
+class _Declined(Exception):
+    """An offer or response this implementation does not take."""
+
+
+def parse_parameters(header_value: str) -> dict[str, str | None]:
+    """The parameters of one ``permessage-deflate; a; b=c`` element.
+
+    Raises :exc:`_Declined` for a malformed element, an unknown or repeated
+    parameter, or a value where none belongs (RFC 7692 7.1).
+    """
+    name, *raw_params = (part.strip() for part in header_value.split(";"))
+    if name.lower() != NAME:
+        raise _Declined(f"not {NAME}: {name!r}")
+    params: dict[str, str | None] = {}
+    for raw in raw_params:
+        key, sep, text = raw.partition("=")
+        key = key.strip().lower()
+        if key in params:
+            raise _Declined(f"repeated parameter {key}")
+        params[key] = text.strip().strip('"') if sep else None
+    for key, value in params.items():
+        if key in ("server_no_context_takeover", "client_no_context_takeover"):
+            if value is not None:
+                raise _Declined(f"{key} takes no value")
+        elif key in ("server_max_window_bits", "client_max_window_bits"):
+            if value is None:
+                if key == "server_max_window_bits":
+                    raise _Declined("server_max_window_bits needs a value")
+            elif not (value.isdigit() and len(value) <= 2 and 8 <= int(value) <= 15):
+                raise _Declined(f"{key}={value!r}: must be 8 to 15")
+        else:
+            raise _Declined(f"unknown parameter {key}")
+    return params
+
+
+@dataclass
+class _Agreement:
+    """What was negotiated, from our side's point of view."""
+
+    send_bits: int = _MAX_BITS  # our compressor's window
+    send_reset: bool = False  # no context takeover for what we send
+    receive_reset: bool = False  # ... for what the peer sends
+    header: str = NAME  # the Sec-WebSocket-Extensions value agreed on
+
+
+class PerMessageDeflate(Extension):
+    """permessage-deflate for one connection (a new instance per connection)."""
+
+    name = NAME
+
+    def __init__(self, *, client: bool, max_message_size: int, level: int = 6, mem_level: int = 8) -> None:
+        self._client = client
+        self._max_message_size = max_message_size
+        self._level = level
+        self._mem_level = mem_level
+        self._agreement: _Agreement | None = None
+        # Created on first use, so that an idle connection costs no zlib memory.
+        self._deflater: zlib._Compress | None = None
+        self._inflater: zlib._Decompress | None = None
+        # The message being received: is it compressed, is it text, how much came out.
+        self._in_message = False
+        self._compressed = False
+        self._text = False
+        self._output = 0
+
+    @property
+    def header(self) -> str:
+        """The agreed ``Sec-WebSocket-Extensions`` value, or ``""`` before agreement."""
+        return self._agreement.header if self._agreement else ""
+
+    def enabled(self) -> bool:
+        return self._agreement is not None
+
+    # --- negotiation -------------------------------------------------------------
+
+    def offer(self) -> str:
+        # As browsers do: let the server limit our window (saves its memory).
+        return "client_max_window_bits"
+
+    def accept(self, offer: str) -> str | None:
+        """Server: the response parameters for an offer, or ``None`` to decline it.
+
+        wsproto calls this once per offer in the request; the first acceptable
+        one wins, later ones are declined.
+        """
+        if self._agreement is not None:
+            return None
+        try:
+            params = parse_parameters(offer)
+        except _Declined:
+            return None
+        response: list[str] = []
+        agreement = _Agreement()
+        if "server_no_context_takeover" in params:
+            response.append("server_no_context_takeover")
+            agreement.send_reset = True
+        if "client_no_context_takeover" in params:
+            response.append("client_no_context_takeover")
+            agreement.receive_reset = True
+        if "server_max_window_bits" in params:
+            bits = int(params["server_max_window_bits"] or _MAX_BITS)
+            if bits < _MIN_BITS:
+                return None  # an 8-bit window is more than zlib can promise
+            response.append(f"server_max_window_bits={bits}")
+            agreement.send_bits = bits
+        text = "; ".join(response)
+        agreement.header = f"{NAME}; {text}" if text else NAME
+        self._agreement = agreement
+        return text
+
+    def finalize(self, offer: str) -> None:
+        """Client: check the server's response and adopt it (``offer`` is the response)."""
+        if self._agreement is not None:
+            raise _Declined(f"{NAME} accepted twice")
+        params = parse_parameters(offer)
+        agreement = _Agreement(header=offer.strip())
+        agreement.send_reset = "client_no_context_takeover" in params
+        agreement.receive_reset = "server_no_context_takeover" in params
+        if "client_max_window_bits" in params:
+            value = params["client_max_window_bits"]
+            if value is None:
+                raise _Declined("client_max_window_bits in a response needs a value")
+            if int(value) < _MIN_BITS:
+                raise _Declined("the server asks for an 8-bit window, which zlib cannot produce")
+            agreement.send_bits = int(value)
+        self._agreement = agreement
+
+    # --- receiving ---------------------------------------------------------------
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> Code | RsvBits:
+        if rsv.rsv1 and (opcode.iscontrol() or opcode is Opcode.CONTINUATION):
+            return Code.PROTOCOL_ERROR  # only a message's first frame may say "compressed"
+        if opcode.iscontrol():
+            return RsvBits(False, False, False)
+        if not self._in_message:
+            # The first frame of a message (a continuation frame here means a
+            # protocol error, which wsproto reports after this call).
+            self._in_message = True
+            self._compressed = rsv.rsv1
+            self._text = opcode is Opcode.TEXT
+            self._output = 0
+        return RsvBits(True, False, False)
+
+    def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | Code:
+        if not self._compressed or not self._in_message:
+            return data
+        return self._inflate(data)
+
+    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | Code | None:
+        if not fin or not self._in_message:
+            return None
+        self._in_message = False
+        if not self._compressed:
+            return None
+        result = self._inflate(_TAIL)
+        if self._agreement is not None and self._agreement.receive_reset:
+            self._inflater = None
+        return result
+
+    def _inflate(self, data: bytes) -> bytes | Code:
+        if self._inflater is None:
+            # A window of 2**15 inflates whatever window the peer compresses with.
+            self._inflater = zlib.decompressobj(-_MAX_BITS)
+        inflater = self._inflater
+        pieces: list[bytes] = []
+        while True:
+            room = self._max_message_size - self._output
+            try:
+                # At most room + 1 bytes out: one byte past the limit is enough to know.
+                out = inflater.decompress(data, room + 1)
+            except zlib.error:
+                return Code.INVALID_FRAME_PAYLOAD_DATA
+            data = inflater.unconsumed_tail
+            self._output += len(out) if not self._text else len(out.translate(None, _CONTINUATION))
+            if self._output > self._max_message_size:
+                return Code.MESSAGE_TOO_BIG
+            pieces.append(out)
+            if not data:
+                return b"".join(pieces) if len(pieces) != 1 else pieces[0]
+
+    # --- sending -------------------------------------------------------------------
+
+    def frame_outbound(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, data: bytes, fin: bool
+    ) -> tuple[RsvBits, bytes]:
+        if opcode.iscontrol():
+            return rsv, data
+        agreement = self._agreement
+        assert agreement is not None  # wsproto only calls enabled extensions
+        if self._deflater is None:
+            self._deflater = zlib.compressobj(self._level, zlib.DEFLATED, -agreement.send_bits, self._mem_level)
+        compressed = self._deflater.compress(data)
+        if fin:
+            compressed += self._deflater.flush(zlib.Z_SYNC_FLUSH)
+            if compressed.endswith(_TAIL):
+                compressed = compressed[:-4]
+            if agreement.send_reset:
+                self._deflater = None
+        if opcode is not Opcode.CONTINUATION:
+            rsv = RsvBits(True, rsv.rsv2, rsv.rsv3)
+        return rsv, compressed
+
+    def __repr__(self) -> str:
+        return f"<PerMessageDeflate {self.header or 'not negotiated'}>"
