@@ -78,6 +78,11 @@ _MAX_CLOSE_REASON_BYTES = 123  # 125-byte control frame payload minus the 2-byte
 _MAX_REJECT_BODY = 2**16  # how much of a rejection's body a client keeps
 _CLIENT_CLOSE_GRACE = 1.0  # seconds a closing client waits for the server to close TCP
 _FAIL_GRACE = 1.0  # seconds a protocol error waits for the application to take earlier messages
+_EXTENSION_ERRORS = {
+    1002: "invalid use of RSV1 (permessage-deflate)",
+    1007: "invalid permessage-deflate data",
+    1009: "message is larger than max_message_size ({} bytes)",
+}
 
 
 class ConnectionState(enum.IntEnum):
@@ -478,9 +483,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._recv_channel.close()
             await self._send_close(CloseConnection(code=code, reason=reason))
         await self._close_handshake_done.wait()
-        if self._is_client and not self._closed_event.is_set():
-            # RFC 6455 7.1.1: the server should close TCP first (so that TIME_WAIT
-            # lands on the server); give it a moment to, then close anyway.
+        if self._discard_input and not self._closed_event.is_set():
+            # The reader waits for the peer to close TCP: a client because RFC
+            # 6455 7.1.1 has the server close first (TIME_WAIT lands there), a
+            # server that failed the connection because closing with unread
+            # data would reset it.  Give the peer a moment, then close anyway.
             with trio.move_on_after(_CLIENT_CLOSE_GRACE):
                 await self._closed_event.wait()
         await self._finish()
@@ -730,6 +737,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
             raise
         if not self._reader_scope.cancelled_caught:
             await self._finish()
+        elif self._close_handshake_done.is_set():
+            await self._finish()  # the wait for the peer's TCP close ran out: close ours
         elif trio.current_time() >= self._reader_scope.deadline:
             self._close_timed_out = True
             await self._abort(f"the closing handshake did not finish within {self._disconnect_timeout:g} s")
@@ -855,10 +864,23 @@ class WebSocketConnection(trio.abc.AsyncResource):
         else:
             # wsproto reports a protocol violation by the peer as a
             # CloseConnection event without changing state (its parser has
-            # stopped).  Fail the connection with that code (1002, 1007...).
+            # stopped).  Fail the connection with that code (1002, 1007,
+            # 1009 from the inflater...).
             await self._let_the_application_answer()
-            self._begin_closing(CloseReason(int(event.code), event.reason or None))
-            await self._send_close(CloseConnection(code=int(event.code), reason=event.reason))
+            code, reason = int(event.code), event.reason or None
+            if reason == "error in extension":  # wsproto's words for what permessage-deflate refused
+                reason = _EXTENSION_ERRORS.get(code, reason).format(self._max_message_size)
+            self._begin_closing(CloseReason(code, reason))
+            await self._send_close(CloseConnection(code=code, reason=reason))
+            self._close_handshake_done.set()
+            # Nothing more will be parsed, but closing TCP with unread data
+            # would send a reset, and the peer could lose our Close frame.  So
+            # end our side (FIN) and drop what comes until the peer closes,
+            # briefly.
+            self._discard_input = True
+            await self._half_close()
+            self._shorten_reader_deadline(_FAIL_GRACE)
+            return
         self._close_handshake_done.set()
         # RFC 6455 7.1.1: the server closes TCP first; a client reads on (and
         # drops what comes) until it does, for a bounded time: at most
@@ -868,6 +890,24 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._discard_input = True
         else:
             self._stop_reading = True
+
+    async def _half_close(self) -> None:
+        """Server: send FIN after our Close frame, where the transport can (plain TCP)."""
+        stream = self._stream
+        if self._is_client or not isinstance(stream, trio.abc.HalfCloseableStream):
+            return
+        async with self._send_lock:
+            if self._transport_closed:
+                return
+            try:
+                await stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _shorten_reader_deadline(self, seconds: float) -> None:
+        scope = self._reader_scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, trio.current_time() + seconds)
 
     async def _let_the_application_answer(self) -> None:
         """Before failing the connection, let the application answer what came before the fault.
