@@ -256,8 +256,17 @@ async def test_server_answers_a_silent_client_with_nothing_and_drops_it(
     ("request_bytes", "status"),
     [
         (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # no Host
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),  # not an upgrade
-        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"426"),  # not an upgrade: plain HTTP
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"426"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400"),  # an 5-byte key
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"x" * 65536 + b"\r\n\r\n", b"431"),
         (
             b"GET / HTTP/1.1\r\nHost: \xff\xfe\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -279,7 +288,10 @@ async def test_bad_requests_get_an_http_error(
         await client.stream.send_all(request_bytes)
         response = await client.receive_eof()
     assert response.startswith(b"HTTP/1.1 " + status)
-    assert b"Invalid WebSocket handshake" in response
+    if status == b"426":
+        assert b"Upgrade Required" in response
+    else:
+        assert b"Invalid WebSocket handshake" in response
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
     # ... and the server still serves.
     async with open_websocket(HOST, echo_server.port, "/", use_ssl=False) as ws:
@@ -404,7 +416,7 @@ async def test_wrap_server_stream_bad_handshake(nursery: trio.Nursery) -> None:
     client = await raw_connect(listeners[0].socket.getsockname()[1])
     async with client.stream:
         await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await client.receive_eof()).startswith(b"HTTP/1.1 400")
+        assert (await client.receive_eof()).startswith(b"HTTP/1.1 426")
     await done.wait()
     assert isinstance(outcomes[0], HandshakeError)
 

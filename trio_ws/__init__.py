@@ -20,6 +20,7 @@ from ._errors import (
     DisconnectionTimeout,
     HandshakeError,
 )
+from ._handshake import HTTPRequest, HTTPResponse
 from ._server import WebSocketRequest, WebSocketServer, serve_websocket, wrap_server_stream
 from ._version import __version__
 
@@ -31,6 +32,8 @@ __all__ = [
     "ConnectionTimeout",
     "DisconnectionTimeout",
     "Endpoint",
+    "HTTPRequest",
+    "HTTPResponse",
     "HandshakeError",
     "WebSocketConnection",
     "WebSocketRequest",

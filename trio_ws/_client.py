@@ -62,9 +62,12 @@ async def _handshake(
     receive_buffer_size: int | None,
     disconnect_timeout: float,
     compression: str | None,
+    origin: str | None,
     shield_reader: bool = False,
 ) -> WebSocketConnection:
     """Run the client's opening handshake on ``stream``; close it on any failure."""
+    if origin is not None:
+        extra_headers = [*(extra_headers or ()), (b"Origin", origin.encode("latin-1"))]
     try:
         connection = WebSocketConnection(
             stream,
@@ -127,6 +130,7 @@ async def connect_websocket(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    origin: str | None = None,
 ) -> WebSocketConnection:
     """Connect to ``host``:``port``, request ``resource``, return the open connection.
 
@@ -148,6 +152,8 @@ async def connect_websocket(
         for the closing handshake.
     :param compression: (new in trio_ws) ``"deflate"`` offers permessage-deflate
         (RFC 7692); ``None``, the default, offers no extension, as trio-websocket.
+    :param origin: (new in trio_ws) an ``Origin`` header to send, as a browser
+        does (e.g. ``"https://example.com"``), for servers that check it.
     :raises OSError: the TCP connection failed.
     :raises HandshakeError: the TLS or WebSocket handshake failed
         (:exc:`ConnectionRejected` if the server answered with an HTTP error).
@@ -165,6 +171,7 @@ async def connect_websocket(
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        origin=origin,
     )
 
 
@@ -180,6 +187,7 @@ async def connect_websocket_url(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    origin: str | None = None,
 ) -> WebSocketConnection:
     """Like :func:`connect_websocket`, for a ``ws://`` or ``wss://`` URL.
 
@@ -202,6 +210,7 @@ async def connect_websocket_url(
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        origin=origin,
     )
 
 
@@ -218,6 +227,7 @@ async def wrap_client_stream(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    origin: str | None = None,
 ) -> WebSocketConnection:
     """Run a client handshake over a stream you opened yourself.
 
@@ -237,6 +247,7 @@ async def wrap_client_stream(
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        origin=origin,
     )
 
 
@@ -330,6 +341,7 @@ async def open_websocket(
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    origin: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Open a client connection for the body of an ``async with`` block.
 
@@ -367,6 +379,7 @@ async def open_websocket(
                     receive_buffer_size=receive_buffer_size,
                     disconnect_timeout=disconnect_timeout,
                     compression=compression,
+                    origin=origin,
                     shield_reader=True,
                 )
         except trio.TooSlowError:
@@ -391,6 +404,7 @@ def open_websocket_url(
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    origin: str | None = None,
     receive_buffer_size: int | None = RECEIVE_BYTES,
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
     """:func:`open_websocket` for a ``ws://`` or ``wss://`` URL.
@@ -415,4 +429,5 @@ def open_websocket_url(
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        origin=origin,
     )

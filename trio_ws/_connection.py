@@ -31,26 +31,28 @@ from typing import Any
 
 import trio
 from wsproto import WSConnection
+from wsproto.connection import Connection, ConnectionType
 from wsproto.connection import ConnectionState as _WsState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    Pong,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.extensions import Extension
-from wsproto.utilities import RemoteProtocolError
 
 from ._compression import PerMessageDeflate
 from ._endpoint import Endpoint, stream_endpoint
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError
-from ._handshake import PROTOCOL_HEADERS, Headers, caller_headers, check_reject_status
+from ._handshake import (
+    PROTOCOL_HEADERS,
+    Accepted,
+    ClientHandshake,
+    HandshakeFailure,
+    Headers,
+    HTTPRequest,
+    Rejected,
+    ServerHandshake,
+    UpgradeRequest,
+    caller_headers,
+    check_reject_status,
+    http_response,
+)
 
 __all__ = [
     "CONN_TIMEOUT",
@@ -78,6 +80,8 @@ _MAX_CLOSE_REASON_BYTES = 123  # 125-byte control frame payload minus the 2-byte
 _MAX_REJECT_BODY = 2**16  # how much of a rejection's body a client keeps
 _CLIENT_CLOSE_GRACE = 1.0  # seconds a closing client waits for the server to close TCP
 _FAIL_GRACE = 1.0  # seconds a protocol error waits for the application to take earlier messages
+_OWN_RESPONSE_HEADERS = frozenset({b"content-length", b"connection"})
+_OWN_REJECTION_HEADERS = PROTOCOL_HEADERS | _OWN_RESPONSE_HEADERS
 _EXTENSION_ERRORS = {
     1002: "invalid use of RSV1 (permessage-deflate)",
     1007: "invalid permessage-deflate data",
@@ -151,7 +155,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
     def __init__(
         self,
         stream: trio.abc.Stream,
-        ws_connection: WSConnection,
+        ws_connection: WSConnection | ConnectionType,
         *,
         host: str | None = None,
         path: str | None = None,
@@ -166,8 +170,13 @@ class WebSocketConnection(trio.abc.AsyncResource):
         check_compression(compression)
         self._id = next(self.CONNECTION_ID)
         self._stream = stream
-        self._ws = ws_connection
-        self._is_client = ws_connection.client
+        # trio-websocket took a wsproto WSConnection here; only its role matters now.
+        if isinstance(ws_connection, ConnectionType):
+            self._is_client = ws_connection is ConnectionType.CLIENT
+        else:
+            self._is_client = ws_connection.client
+        # The frame layer (wsproto), once the opening handshake is done.
+        self._proto: Connection | None = None
         self._max_message_size = max_message_size
         self._receive_buffer_size = receive_buffer_size
         self._disconnect_timeout = disconnect_timeout
@@ -216,14 +225,12 @@ class WebSocketConnection(trio.abc.AsyncResource):
             else None
         )
         self._handshake_headers: tuple[tuple[bytes, bytes], ...] = ()
-        self._request: Request | None = None
-        self._reject_status = 0
-        self._reject_headers: tuple[tuple[bytes, bytes], ...] = ()
-        self._reject_body = bytearray()
+        self._request: UpgradeRequest | None = None  # server: the client's upgrade request
+        self._http_request: HTTPRequest | None = None  # server: a plain HTTP request instead
         self._local: Endpoint | str | None = None
         self._remote: Endpoint | str | None = None
 
-        self._client_request: Request | None = None
+        self._handshake: ClientHandshake | ServerHandshake
         if self._is_client:
             if host is None or path is None:
                 raise TypeError("a client connection needs host and path")
@@ -232,13 +239,12 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 if name.lower() == b"host":  # the caller's Host replaces ours
                     self._host = value.decode("latin-1")
             extra = [(name, value) for name, value in extra if name.lower() != b"host"]
-            self._client_request = Request(
-                host=self._host or host,
-                target=path,
-                subprotocols=list(client_subprotocols or ()),
-                extensions=[self._deflate] if self._deflate is not None else [],
-                extra_headers=extra,
+            offers = [f"{self._deflate.name}; {self._deflate.offer()}"] if self._deflate is not None else []
+            self._handshake = ClientHandshake(
+                self._host or host, path, list(client_subprotocols or ()), offers, extra
             )
+        else:
+            self._handshake = ServerHandshake()
 
     # ------------------------------------------------------------------
     # Public attributes
@@ -584,16 +590,18 @@ class WebSocketConnection(trio.abc.AsyncResource):
         still go out before it (nothing goes out after it).
         """
         async with self._send_lock:
-            if self._ws.state is not _WsState.OPEN or self._transport_closed:
+            proto = self._proto
+            if proto is None or proto.state is not _WsState.OPEN or self._transport_closed:
                 raise ConnectionClosed(self._close_reason)
-            await self._write(self._ws.send(event))
+            await self._write(proto.send(event))
 
     async def _send_close(self, event: CloseConnection) -> None:
         """Send our Close frame, first or in reply; a lost transport just aborts."""
         async with self._send_lock:
-            if self._ws.state not in (_WsState.OPEN, _WsState.REMOTE_CLOSING) or self._transport_closed:
+            proto = self._proto
+            if proto is None or proto.state not in (_WsState.OPEN, _WsState.REMOTE_CLOSING) or self._transport_closed:
                 return
-            data = self._ws.send(event)
+            data = proto.send(event)
             self._close_sent = True
             try:
                 await self._write(data)
@@ -609,7 +617,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         Runs in the caller's task, so that a TLS or network failure is raised
         to the caller at once as :exc:`HandshakeError`.
         """
-        assert self._client_request is not None
+        assert isinstance(self._handshake, ClientHandshake)
         stream = self._stream
         if isinstance(stream, trio.SSLStream):
             try:
@@ -617,9 +625,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 cause = exc.__cause__ or exc
                 raise HandshakeError(f"TLS handshake failed: {cause}") from cause
-        data = self._ws.send(self._client_request)
         try:
-            await stream.send_all(data)
+            await stream.send_all(self._handshake.request_bytes())
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__ or exc
             raise HandshakeError(f"could not send the opening handshake: {cause}") from cause
@@ -632,10 +639,10 @@ class WebSocketConnection(trio.abc.AsyncResource):
         # The connection may be closing or closed already (the server sent a
         # Close right after its 101): that is for get_message() to report.
 
-    async def _get_request(self) -> Request | None:
-        """Server: wait for the client's upgrade request (``None`` if the handshake failed)."""
+    async def _get_request(self) -> UpgradeRequest | HTTPRequest | None:
+        """Server: wait for the client's request (``None`` if the handshake failed)."""
         await self._handshake_done.wait()
-        return self._request
+        return self._request or self._http_request
 
     async def _accept(self, subprotocol: str | None, extra_headers: Headers | None) -> None:
         """Server: answer the request with 101 Switching Protocols."""
@@ -647,36 +654,50 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 f"subprotocol {subprotocol!r} was not proposed by the client (it offered {request.subprotocols!r})"
             )
         headers = caller_headers(extra_headers)
+        extensions: list[Extension] = []
+        agreed = ""
+        if self._deflate is not None:
+            for offer in request.extensions:
+                if self._deflate.accept(offer) is not None:  # the first acceptable offer
+                    extensions.append(self._deflate)
+                    agreed = self._deflate.header
+                    break
+        response = ServerHandshake.accept(request, subprotocol, agreed, headers)
         self._decision_made = True
         try:
             async with self._send_lock:
-                extensions: list[Extension] = [self._deflate] if self._deflate is not None else []
-                event = AcceptConnection(subprotocol=subprotocol, extensions=extensions, extra_headers=headers)
-                data = self._ws.send(event)
-                await self._write(data)
+                await self._write(response)
             # OPEN only once the 101 is out: an accept cancelled before that
             # leaves the connection CONNECTING, and the reader then ends it.
+            assert isinstance(self._handshake, ServerHandshake)
+            # Frames a client sent with its request (it should have waited for
+            # our 101) are not lost: they start the frame parser's input.
+            self._proto = Connection(ConnectionType.SERVER, extensions, self._handshake.trailing_data)
             self._subprotocol = subprotocol
             self._state = ConnectionState.OPEN
-            # A client should wait for our 101 before sending frames, but if it
-            # sent some with its request, they sit in h11's buffer: wsproto's
-            # server side does not pass them on, so we do.
-            h11_connection = getattr(self._ws.handshake, "_h11_connection", None)
-            trailing = h11_connection.trailing_data[0] if h11_connection is not None else b""
-            if trailing and self._ws.connection is not None:
-                self._ws.connection.receive_data(bytes(trailing))
         finally:
             self._decided.set()
 
     async def _reject(self, status_code: int, extra_headers: Headers | None, body: bytes) -> None:
         """Server: answer the request with an HTTP error response, then close."""
         check_reject_status(status_code)
-        headers = caller_headers(extra_headers, drop=PROTOCOL_HEADERS | {b"content-length", b"connection"})
+        await self._respond(status_code, extra_headers, body)
+
+    async def _respond(self, status_code: int, extra_headers: Headers | None, body: bytes) -> None:
+        """Server: answer the request (an upgrade, or plain HTTP) with an HTTP response, then close.
+
+        We set Content-Length and Connection; a rejected upgrade also loses
+        any WebSocket handshake header the caller gave.
+        """
+        drop = _OWN_RESPONSE_HEADERS if self._http_request is not None else _OWN_REJECTION_HEADERS
+        headers = caller_headers(extra_headers, drop=drop)
         self._check_undecided()
         self._decision_made = True
+        head = self._http_request is not None and self._http_request.method == "HEAD"
         # The reader stays parked until _finish(): waking it earlier would let
         # it close the transport before the response is written.
-        await self._send_rejection(status_code, headers, body)
+        await self._send_response(http_response(status_code, headers, body, head=head))
+        await self._linger()
         self._close_reason = CloseReason(1006, "Rejected WebSocket handshake")
         await self._finish()
 
@@ -686,25 +707,20 @@ class WebSocketConnection(trio.abc.AsyncResource):
             scope.deadline = trio.current_time() + timeout
             body = f"{status_code} {HTTPStatus(status_code).phrase}\n".encode("ascii")
             try:
-                await self._reject(status_code, [(b"content-type", b"text/plain; charset=utf-8")], body)
+                await self._respond(status_code, [(b"content-type", b"text/plain; charset=utf-8")], body)
             except (RuntimeError, ConnectionClosed):
                 pass
         await self._abort("the handshake was refused")
 
     def _check_undecided(self) -> None:
-        if self._request is None or self._decision_made or self._state is not ConnectionState.CONNECTING:
+        request = self._request or self._http_request
+        if request is None or self._decision_made or self._state is not ConnectionState.CONNECTING:
             if self._state is ConnectionState.CLOSED:
                 raise ConnectionClosed(self._close_reason)
             raise RuntimeError("this handshake was already accepted or rejected")
 
-    async def _send_rejection(self, status_code: int, headers: Headers, body: bytes) -> None:
-        headers = [*headers, (b"connection", b"close")]
-        if body:
-            headers.append((b"content-length", str(len(body)).encode("ascii")))
+    async def _send_response(self, data: bytes) -> None:
         async with self._send_lock:
-            data = self._ws.send(RejectConnection(status_code=status_code, headers=headers, has_body=bool(body)))
-            if body:
-                data += self._ws.send(RejectData(data=body))
             try:
                 await self._write(data)
             except ConnectionClosed:
@@ -750,11 +766,14 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._reader_scope.cancel()
 
     async def _read_loop(self) -> None:
-        ws = self._ws
+        if self._proto is None and not await self._read_handshake():
+            return
+        proto = self._proto
+        assert proto is not None
         stream = self._stream
         size = self._receive_buffer_size
         while True:
-            for event in ws.events():
+            for event in proto.events():
                 await self._on_event(event)
                 if self._stop_reading:
                     return
@@ -769,13 +788,70 @@ class WebSocketConnection(trio.abc.AsyncResource):
             if not data:
                 await self._on_eof()
                 return
-            if self._discard_input:
-                continue
+            if not self._discard_input:
+                proto.receive_data(data)  # type: ignore[arg-type]  # a bytearray works too
+
+    async def _read_handshake(self) -> bool:
+        """Read until the opening handshake has an outcome; ``True`` if the connection opened."""
+        handshake = self._handshake
+        while True:
             try:
-                ws.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
-            except Exception as exc:  # any failure to parse the peer's HTTP handshake
-                await self._on_bad_handshake(exc)
-                return
+                data = await self._stream.receive_some(self._receive_buffer_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if not self._transport_closed:
+                    await self._abort(f"the transport failed during the opening handshake ({_describe(exc)})")
+                return False
+            try:
+                outcome = handshake.receive_data(bytes(data))
+            except HandshakeFailure as exc:
+                await self._handshake_failed(exc)
+                return False
+            if isinstance(outcome, UpgradeRequest):
+                self._request = outcome
+                self._path, self._host = outcome.target, outcome.host
+                self._handshake_headers = tuple(outcome.headers)
+                self._handshake_done.set()
+                # Read nothing more until the handler has decided: a client
+                # must wait for our 101 before sending frames.
+                await self._decided.wait()
+                # Accepted: read on, even if the handler is already closing
+                # (its closing handshake needs the reader).  Else: stop.
+                return self._proto is not None
+            if isinstance(outcome, HTTPRequest):
+                self._http_request = outcome
+                self._path = outcome.target
+                self._handshake_done.set()
+                await self._decided.wait()  # the server answers it, then closes
+                return False
+            if isinstance(outcome, Accepted):
+                try:
+                    self._open_client(outcome)
+                except HandshakeFailure as exc:
+                    await self._handshake_failed(exc)
+                    return False
+                return True
+            if isinstance(outcome, Rejected):
+                error = ConnectionRejected(outcome.status_code, outcome.headers, outcome.body)
+                await self._fail_handshake(error)
+                return False
+
+    def _open_client(self, accepted: Accepted) -> None:
+        """Client: the server's 101 is valid; agree on extensions, start the frame parser."""
+        extensions: list[Extension] = []
+        for item in accepted.extensions:
+            name = item.partition(";")[0].strip().lower()
+            if self._deflate is None or name != self._deflate.name or extensions:
+                raise HandshakeFailure(0, f"the server accepted an extension we did not offer: {item!r}")
+            try:
+                self._deflate.finalize(item)
+            except Exception as exc:  # our permessage-deflate refuses the response
+                raise HandshakeFailure(0, f"unacceptable {name} response {item!r}: {exc}") from exc
+            extensions.append(self._deflate)
+        self._proto = Connection(ConnectionType.CLIENT, extensions, accepted.trailing_data)
+        self._subprotocol = accepted.subprotocol
+        self._handshake_headers = accepted.headers
+        self._state = ConnectionState.OPEN
+        self._handshake_done.set()
 
     async def _on_event(self, event: Event) -> None:
         # Ordered by how often each event comes.
@@ -787,15 +863,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._on_pong(event)
         elif isinstance(event, CloseConnection):
             await self._on_close_frame(event)
-        elif isinstance(event, Request):
-            await self._on_request(event)
-        elif isinstance(event, AcceptConnection):
-            self._on_accepted(event)
-        elif isinstance(event, RejectConnection):
-            await self._on_rejected(event)
-        elif isinstance(event, RejectData):
-            await self._on_reject_data(event)
-        else:  # pragma: no cover - wsproto has no other events
+        else:  # pragma: no cover - wsproto's Connection has no other events
             logger.warning("%s ignored unexpected event %r", self, event)
 
     async def _on_data(self, event: TextMessage | BytesMessage) -> None:
@@ -833,9 +901,10 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
     async def _on_ping(self, event: Ping) -> None:
         async with self._send_lock:
-            if self._ws.state is _WsState.OPEN and not self._transport_closed:
+            proto = self._proto
+            if proto is not None and proto.state is _WsState.OPEN and not self._transport_closed:
                 try:
-                    await self._write(self._ws.send(event.response()))
+                    await self._write(proto.send(event.response()))
                 except ConnectionClosed:
                     pass
 
@@ -852,7 +921,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 break
 
     async def _on_close_frame(self, event: CloseConnection) -> None:
-        state = self._ws.state
+        assert self._proto is not None
+        state = self._proto.state
         if state is _WsState.REMOTE_CLOSING:
             # The peer starts the closing handshake: answer with the same code.
             self._close_received = True
@@ -904,6 +974,24 @@ class WebSocketConnection(trio.abc.AsyncResource):
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
+    async def _linger(self) -> None:
+        """Server, after an HTTP response: FIN, then drop what the client still sends, briefly.
+
+        Closing a socket with unread input makes the kernel send a reset, and
+        a reset can destroy the response before the client reads it (a
+        request larger than we read, say).  Only the task that reads may call
+        this (the reader, or a handler while the reader is parked).
+        """
+        if not isinstance(self._stream, trio.abc.HalfCloseableStream):
+            return
+        await self._half_close()
+        with trio.move_on_after(_FAIL_GRACE):
+            try:
+                while await self._stream.receive_some(65536):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
     def _shorten_reader_deadline(self, seconds: float) -> None:
         scope = self._reader_scope
         if scope is not None:
@@ -932,76 +1020,25 @@ class WebSocketConnection(trio.abc.AsyncResource):
         await trio.lowlevel.checkpoint()
 
     async def _on_eof(self) -> None:
-        if self._state is ConnectionState.CONNECTING and self._is_client and self._reject_status:
-            # A rejection whose body ends at EOF: let h11 finish it.
-            try:
-                self._ws.receive_data(None)
-                for event in self._ws.events():
-                    await self._on_event(event)
-            except RemoteProtocolError as exc:
-                await self._on_bad_handshake(exc)
-            if self._closed_event.is_set():
-                return
         if self._close_handshake_done.is_set():
             await self._finish()
         else:
             await self._abort("the peer closed the TCP connection without a Close frame")
 
-    async def _on_request(self, event: Request) -> None:
-        self._request = event
-        self._path = event.target
-        self._host = event.host
-        self._handshake_headers = tuple(event.extra_headers)
-        self._handshake_done.set()
-        # Read nothing more until the handler has decided: a client must
-        # wait for our 101 before sending frames.
-        await self._decided.wait()
-        # Accepted: read on, even if the handler is already closing (its
-        # closing handshake needs the reader).  Rejected or aborted: stop.
-        if self._state is ConnectionState.CONNECTING or self._state is ConnectionState.CLOSED:
-            self._stop_reading = True
-
-    def _on_accepted(self, event: AcceptConnection) -> None:
-        self._subprotocol = event.subprotocol
-        self._handshake_headers = tuple(event.extra_headers)
-        self._state = ConnectionState.OPEN
-        self._handshake_done.set()
-
-    async def _on_rejected(self, event: RejectConnection) -> None:
-        self._reject_status = event.status_code
-        self._reject_headers = tuple(event.headers)
-        if not event.has_body:
-            await self._fail_handshake(ConnectionRejected(event.status_code, self._reject_headers, None))
-
-    async def _on_reject_data(self, event: RejectData) -> None:
-        room = _MAX_REJECT_BODY - len(self._reject_body)
-        self._reject_body += event.data[:room]
-        if event.body_finished or room <= len(event.data):
-            body = bytes(self._reject_body)
-            await self._fail_handshake(ConnectionRejected(self._reject_status, self._reject_headers, body))
-
     async def _fail_handshake(self, error: BaseException) -> None:
         self._handshake_error = error
         self._close_reason = CloseReason(1006, f"opening handshake failed: {error!r}")
-        self._stop_reading = True
         await self._finish()
 
-    async def _on_bad_handshake(self, exc: Exception) -> None:
-        """The peer's side of the HTTP handshake could not be parsed or was refused."""
-        if self._state is not ConnectionState.CONNECTING:  # pragma: no cover - wsproto reports frame errors as events
-            raise exc
-        if self._is_client:
-            error = HandshakeError(f"invalid opening handshake response from the server: {exc}")
-            error.__cause__ = exc
-            await self._fail_handshake(error)
-            return
-        logger.debug("%s invalid opening handshake: %s", self, exc)
-        hint = exc.event_hint if isinstance(exc, RemoteProtocolError) else None
-        status = hint.status_code if isinstance(hint, RejectConnection) else 400
-        headers = list(hint.headers) if isinstance(hint, RejectConnection) else []
-        body = f"Invalid WebSocket handshake: {exc}\n".encode("utf-8", "replace")
-        headers.append((b"content-type", b"text/plain; charset=utf-8"))
-        await self._send_rejection(status, headers, body)
-        self._handshake_error = HandshakeError(f"invalid opening handshake from the client: {exc}")
-        self._handshake_error.__cause__ = exc
-        await self._fail_handshake(self._handshake_error)
+    async def _handshake_failed(self, exc: HandshakeFailure) -> None:
+        """The peer's half of the handshake was refused: say so (server: with an HTTP error), close."""
+        side = "the server's response" if self._is_client else "the client's request"
+        error = HandshakeError(f"invalid opening handshake ({side}): {exc}")
+        error.__cause__ = exc.__cause__ or exc
+        if not self._is_client and exc.status:
+            logger.debug("%s invalid opening handshake: %s", self, exc)
+            body = f"Invalid WebSocket handshake: {exc}\n".encode("utf-8", "replace")
+            headers = [*exc.headers, (b"content-type", b"text/plain; charset=utf-8")]
+            await self._send_response(http_response(exc.status, headers, body))
+            await self._linger()
+        await self._fail_handshake(error)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import NoReturn
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import Request
 
 from ._connection import (
     CONN_TIMEOUT,
@@ -23,12 +22,33 @@ from ._connection import (
 )
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
+from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest
 
-__all__ = ["WebSocketRequest", "WebSocketServer", "serve_websocket", "wrap_server_stream"]
+__all__ = [
+    "HTTPHandler",
+    "HTTPRequest",
+    "HTTPResponse",
+    "WebSocketRequest",
+    "WebSocketServer",
+    "serve_websocket",
+    "wrap_server_stream",
+]
 
 logger = logging.getLogger("trio_ws")
 
 Handler = Callable[["WebSocketRequest"], Awaitable[object]]
+HTTPHandler = Callable[[HTTPRequest], Awaitable["HTTPResponse | None"]]
+
+_UPGRADE_REQUIRED = HTTPResponse(
+    426,
+    [(b"upgrade", b"websocket"), (b"content-type", b"text/plain; charset=utf-8")],
+    b"426 Upgrade Required: this is a WebSocket endpoint; connect with a WebSocket client (ws:// or wss://).\n",
+)
+_NOT_FOUND = HTTPResponse(404, [(b"content-type", b"text/plain; charset=utf-8")], b"404 Not Found\n")
+_SERVER_ERROR = HTTPResponse(
+    500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n"
+)
+_FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
 
 
 class WebSocketRequest:
@@ -38,7 +58,7 @@ class WebSocketRequest:
     connection) or :meth:`reject` (which sends an HTTP response).
     """
 
-    def __init__(self, connection: WebSocketConnection, event: Request) -> None:
+    def __init__(self, connection: WebSocketConnection, event: UpgradeRequest) -> None:
         self._connection = connection
         self._event = event
 
@@ -50,7 +70,7 @@ class WebSocketRequest:
         ``Sec-WebSocket-Extensions`` are not in this list: see :attr:`host`,
         :attr:`proposed_subprotocols`.
         """
-        return self._event.extra_headers
+        return self._event.headers
 
     @property
     def path(self) -> str:
@@ -64,11 +84,12 @@ class WebSocketRequest:
 
     @property
     def origin(self) -> str | None:
-        """The ``Origin`` header (browsers always send it), or ``None``."""
-        for name, value in self._event.extra_headers:
-            if name == b"origin":
-                return value.decode("latin-1")
-        return None
+        """The ``Origin`` header (browsers always send it), or ``None``.
+
+        A WebSocket has no same-origin policy: any page may connect.  Check
+        this (or pass ``origins=`` to the server) to refuse foreign pages.
+        """
+        return self._event.origin
 
     @property
     def proposed_subprotocols(self) -> tuple[str, ...]:
@@ -152,12 +173,45 @@ async def wrap_server_stream(
     nursery.start_soon(connection._reader_task)
     try:
         event = await connection._get_request()
+        if isinstance(event, HTTPRequest):
+            await _answer_http(connection, event, None)
+            raise HandshakeError(f"not a WebSocket request: {event.method} {event.target} (answered 426)")
     except BaseException:
         await connection._abort("the opening handshake did not complete")
         raise
     if event is None:
         raise connection._handshake_error or HandshakeError("the client closed the connection before its handshake")
     return WebSocketRequest(connection, event)
+
+
+async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, handler: HTTPHandler | None) -> None:
+    """Answer a plain HTTP request: the application's response, or 426 Upgrade Required."""
+    response = _UPGRADE_REQUIRED
+    if handler is not None:
+        try:
+            response = await handler(request) or _NOT_FOUND
+        except Exception:
+            logger.exception("HTTP handler %r failed on %s %s", handler, request.method, request.target)
+            response = _SERVER_ERROR
+    try:
+        await connection._respond(response.status_code, response.headers, response.body)
+    except ValueError:
+        logger.exception("HTTP handler %r returned an invalid response", handler)
+        await connection._respond(_SERVER_ERROR.status_code, _SERVER_ERROR.headers, _SERVER_ERROR.body)
+
+
+def _origin_set(origins: Iterable[str | None] | None) -> frozenset[str | None] | None:
+    if origins is None:
+        return None
+    if isinstance(origins, str):
+        raise TypeError("origins must be a collection of origins, not one string")
+    return frozenset(origin.lower() if origin is not None else None for origin in origins)
+
+
+def _origin_allowed(origin: str | None, allowed: frozenset[str | None] | None) -> bool:
+    if allowed is None:
+        return True
+    return (origin.lower() if origin is not None else None) in allowed
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -195,6 +249,20 @@ class WebSocketServer:
     is cancelled, open connections are closed with 1001 (Going Away).  Each
     closing handshake is bounded by ``disconnect_timeout``.  A handler that
     returns without accepting or rejecting refuses the client with 403.
+
+    New in trio_ws (keyword arguments):
+
+    - ``compression="deflate"`` accepts permessage-deflate from clients
+      that offer it.
+    - ``origins``: the ``Origin`` values allowed to connect (compared without
+      regard to case, e.g. ``{"https://example.com"}``; ``None`` in the
+      collection admits requests with no ``Origin`` header, as non-browser
+      clients send).  Any other request gets 403 before the handler runs.
+      ``origins=None``, the default, admits every request.
+    - ``http_handler``: an async function called with an :class:`HTTPRequest`
+      for a request that is not a WebSocket upgrade (a health check, a
+      page); it returns the :class:`HTTPResponse` to send (``None``: 404).
+      Without it such requests get ``426 Upgrade Required``.
     """
 
     def __init__(
@@ -209,6 +277,8 @@ class WebSocketServer:
         connect_timeout: float = CONN_TIMEOUT,
         disconnect_timeout: float = CONN_TIMEOUT,
         compression: str | None = None,
+        origins: Iterable[str | None] | None = None,
+        http_handler: HTTPHandler | None = None,
     ) -> None:
         if len(listeners) == 0:
             raise ValueError("Listeners must contain at least one item.")
@@ -222,6 +292,8 @@ class WebSocketServer:
         self._disconnect_timeout = disconnect_timeout
         check_compression(compression)
         self._compression = compression
+        self._origins = _origin_set(origins)
+        self._http_handler = http_handler
 
     @property
     def port(self) -> int:
@@ -279,7 +351,14 @@ class WebSocketServer:
                 event = None
                 with trio.move_on_after(self._connect_timeout):
                     event = await connection._get_request()
-                if event is not None:
+                if isinstance(event, HTTPRequest):
+                    why = "a plain HTTP request was answered"
+                    await _answer_http(connection, event, self._http_handler)
+                elif event is not None and not _origin_allowed(event.origin, self._origins):
+                    why = "the request's origin is not allowed"
+                    logger.info("%s: refused a WebSocket from origin %r", connection, event.origin)
+                    await connection._respond(403, [(b"content-type", b"text/plain")], _FORBIDDEN_ORIGIN)
+                elif event is not None:
                     why = "the connection's handler ended"
                     await self._run_handler(connection, WebSocketRequest(connection, event))
             finally:
@@ -328,6 +407,8 @@ async def serve_websocket(
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    origins: Iterable[str | None] | None = None,
+    http_handler: HTTPHandler | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve WebSockets over TCP (TLS when ``ssl_context`` is given) until cancelled.
@@ -339,9 +420,12 @@ async def serve_websocket(
 
     ``compression="deflate"`` (new in trio_ws) accepts permessage-deflate
     (RFC 7692) from clients that offer it (browsers do); ``None``, the
-    default, accepts no extension, as trio-websocket.
+    default, accepts no extension, as trio-websocket.  ``origins`` and
+    ``http_handler`` (new in trio_ws) are described under
+    :class:`WebSocketServer`.
     """
     check_compression(compression)
+    _origin_set(origins)  # a bad value fails before any socket is opened
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]
     if ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -357,5 +441,7 @@ async def serve_websocket(
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        origins=origins,
+        http_handler=http_handler,
     )
     await server.run(task_status=task_status)

@@ -22,6 +22,7 @@ from wsproto import ConnectionType, WSConnection
 from ._client import _handshake, _owned_connection
 from ._connection import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, WebSocketConnection
 from ._errors import HandshakeError
+from ._handshake import UpgradeRequest
 from ._server import WebSocketRequest
 
 __all__ = ["websocket_pair"]
@@ -62,8 +63,8 @@ async def websocket_pair(
     async def serve() -> None:
         try:
             event = await server._get_request()
-            if event is None:  # pragma: no cover - the client below always sends a valid request
-                raise server._handshake_error or HandshakeError("no request")
+            if not isinstance(event, UpgradeRequest):  # pragma: no cover - our client sends a valid request
+                raise server._handshake_error or HandshakeError("no upgrade request")
             await WebSocketRequest(server, event).accept(subprotocol=subprotocol)
         except BaseException:
             await server._abort("websocket_pair: the server side could not accept")
@@ -87,6 +88,7 @@ async def websocket_pair(
             receive_buffer_size=None,
             disconnect_timeout=disconnect_timeout,
             compression=compression,
+            origin=None,
             shield_reader=True,
         )
 
