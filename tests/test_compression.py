@@ -20,7 +20,7 @@ from trio_ws import (
     open_websocket,
     serve_websocket,
 )
-from trio_ws._compression import PerMessageDeflate, _Declined, parse_parameters
+from trio_ws._deflate import PerMessageDeflate, _Declined, parse_parameters
 from trio_ws.testing import websocket_pair
 
 from .conftest import HOST, RawClient, RawServerPeer, echo_handler, frame, start_raw_server, start_server

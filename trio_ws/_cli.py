@@ -1,6 +1,7 @@
-"""``python -m trio_ws``: an echo server and an interactive client.
+"""``python -m trio_ws``: the demo server and an interactive client.
 
-python -m trio_ws serve [--host H] [--port P]   serve an echo server, print its URL
+python -m trio_ws serve [--host H] [--port P] [--tls] [--compression deflate]
+    serve the demo (a page at /, a chat at /chat, echo elsewhere), print its URL
 python -m trio_ws URL [--subprotocol S] [--cafile F]
     connect; each line typed is sent, each message received is printed;
     end of input (Ctrl-D) closes the connection with 1000.
@@ -9,16 +10,20 @@ python -m trio_ws URL [--subprotocol S] [--cafile F]
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 import sys
+import tempfile
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
 from ._client import open_websocket_url
 from ._connection import WebSocketConnection
+from ._demo import run_demo
 from ._errors import ConnectionClosed, HandshakeError
-from ._server import WebSocketRequest, WebSocketServer, serve_websocket
+from ._server import WebSocketServer
 
 __all__ = ["main"]
 
@@ -30,22 +35,33 @@ def _say(*parts: object) -> None:
     print(*parts, flush=True)
 
 
-async def _echo(request: WebSocketRequest) -> None:
-    ws = await request.accept(subprotocol=next(iter(request.proposed_subprotocols), None))
-    while True:
-        try:
-            message = await ws.get_message()
-            await ws.send_message(message)
-        except ConnectionClosed:
-            return
+def _throwaway_tls(host: str) -> tuple[ssl.SSLContext, str]:
+    """A server context signed by a new, throw-away CA; the CA's PEM file to trust it."""
+    try:
+        import trustme
+    except ImportError:
+        raise SystemExit("--tls needs trustme: pip install trustme (or: pip install 'trio-ws[demo]')") from None
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host, "localhost", "127.0.0.1", "::1").configure_cert(context)
+    handle, path = tempfile.mkstemp(prefix="trio_ws-demo-ca-", suffix=".pem")
+    with os.fdopen(handle, "wb") as file:
+        file.write(ca.cert_pem.bytes())
+    return context, path
 
 
-async def _serve(host: str, port: int) -> None:
+async def _serve(host: str, port: int, tls: bool, compression: str | None) -> None:
+    context, ca_file = _throwaway_tls(host) if tls else (None, None)
     async with trio.open_nursery() as nursery:
-        server: WebSocketServer = await nursery.start(serve_websocket, _echo, host, port, None)
+        server: WebSocketServer = await nursery.start(
+            partial(run_demo, host, port, ssl_context=context, compression=compression)
+        )
         for listener in server.listeners:
-            url = getattr(listener, "url", listener)
-            _say(f"trio_ws echo server listening on {url}/ (Ctrl-C to stop)")
+            url = getattr(listener, "url", str(listener))
+            page = url.replace("wss://", "https://").replace("ws://", "http://")
+            _say(f"trio_ws demo: open {page}/ in a browser (chat at {url}/chat, echo at {url}/); Ctrl-C to stop")
+        if ca_file:
+            _say(f"TLS with a throw-away CA: trust {ca_file} (e.g. --cafile {ca_file} for the CLI client)")
 
 
 def _show(message: str | bytes) -> str:
@@ -93,11 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] == "serve":
-            parser = argparse.ArgumentParser(prog="python -m trio_ws serve", description="Run a WebSocket echo server.")
+            parser = argparse.ArgumentParser(
+                prog="python -m trio_ws serve",
+                description="Serve the demo: a page at / and, on the same port, a WebSocket chat at /chat "
+                "and an echo server at any other path.",
+            )
             parser.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST})")
             parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+            parser.add_argument("--tls", action="store_true", help="https/wss with a throw-away CA (needs trustme)")
+            parser.add_argument("--compression", choices=["deflate"], help="accept permessage-deflate")
             options = parser.parse_args(args[1:])
-            trio.run(_serve, options.host, options.port)
+            trio.run(_serve, options.host, options.port, options.tls, options.compression)
             return 0
         parser = argparse.ArgumentParser(
             prog="python -m trio_ws",

@@ -36,7 +36,7 @@ from wsproto.connection import ConnectionState as _WsState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.extensions import Extension
 
-from ._compression import PerMessageDeflate
+from ._deflate import PerMessageDeflate
 from ._endpoint import Endpoint, stream_endpoint
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError
 from ._handshake import (

@@ -1,0 +1,1 @@
+../trio_ws/_demo.py

@@ -1,0 +1,180 @@
+"""The demo behind ``python -m trio_ws serve``: a page and its WebSockets on one port.
+
+This module uses only trio_ws's public API and is meant to be read as the
+reference for a browser application (``examples/browser_demo.py`` is this
+file).  On one port it serves:
+
+- ``GET /``: the page (``demo_page.html``), which shows its WebSocket's
+  ``readyState``, ``protocol``, ``extensions``, ``bufferedAmount`` and close
+  events live;
+- WebSocket ``/chat``: every message from a page is broadcast to all open
+  pages, and the server speaks first: a ``tick`` every second;
+- WebSocket on any other path: an echo server (what ``python -m trio_ws URL``
+  and the Autobahn suite talk to).
+
+Each chat connection has its own bounded outbox and a task that drains it,
+so one slow page cannot hold up the broadcast: when its outbox is full it is
+closed with 1008 instead.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+import trio
+
+from trio_ws import (
+    ConnectionClosed,
+    HTTPRequest,
+    HTTPResponse,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    serve_websocket,
+)
+
+__all__ = ["ChatRoom", "page", "run_demo"]
+
+SUBPROTOCOLS = ("chat.v1",)
+OUTBOX_SIZE = 64
+TICK_SECONDS = 1.0
+
+
+def _page_bytes() -> bytes:
+    return resources.files("trio_ws").joinpath("demo_page.html").read_bytes()
+
+
+async def page(request: HTTPRequest) -> HTTPResponse | None:
+    """The plain-HTTP side of the port: the page at ``/``, 404 elsewhere."""
+    if request.method in ("GET", "HEAD") and request.path in ("/", "/index.html"):
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
+        return HTTPResponse(200, headers, _page_bytes())
+    return None
+
+
+@dataclass(eq=False)
+class _Member:
+    ws: WebSocketConnection
+    name: str
+    outbox: trio.MemorySendChannel[str]
+
+
+@dataclass
+class ChatRoom:
+    """Everybody connected to ``/chat``."""
+
+    members: set[_Member] = field(default_factory=set)
+    joined: int = 0
+
+    def broadcast(self, message: dict[str, object]) -> None:
+        text = json.dumps(message)
+        for member in list(self.members):
+            try:
+                member.outbox.send_nowait(text)
+            except trio.WouldBlock:
+                # This page reads too slowly: drop it rather than grow memory.
+                self.members.discard(member)
+                member.outbox.close()
+            except trio.ClosedResourceError:
+                self.members.discard(member)
+
+    async def serve(self, request: WebSocketRequest) -> None:
+        ws = await request.accept(subprotocol="chat.v1" if "chat.v1" in request.proposed_subprotocols else None)
+        self.joined += 1
+        send, receive = trio.open_memory_channel[str](OUTBOX_SIZE)
+        member = _Member(ws, f"guest-{self.joined}", send)
+        self.members.add(member)
+        self.broadcast({"type": "join", "name": member.name, "online": len(self.members)})
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drain, ws, receive, nursery.cancel_scope)
+                nursery.start_soon(self._tick, member)
+                await self._listen(member)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.members.discard(member)
+            self.broadcast({"type": "leave", "name": member.name, "online": len(self.members)})
+
+    async def _listen(self, member: _Member) -> None:
+        try:
+            while True:
+                text = await member.ws.get_message()
+                if isinstance(text, bytes):
+                    text = f"[{len(text)} bytes of binary]"
+                self.broadcast({"type": "chat", "name": member.name, "text": text[:2000]})
+        except ConnectionClosed:
+            pass
+
+    async def _tick(self, member: _Member) -> None:
+        """The server speaks first, and keeps speaking."""
+        while True:
+            try:
+                tick = {"type": "tick", "time": time.time(), "online": len(self.members)}
+                member.outbox.send_nowait(json.dumps(tick))
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                return
+            await trio.sleep(TICK_SECONDS)
+
+    @staticmethod
+    async def _drain(ws: WebSocketConnection, outbox: trio.MemoryReceiveChannel[str], done: trio.CancelScope) -> None:
+        try:
+            async for text in outbox:
+                await ws.send_message(text)
+        except ConnectionClosed:
+            pass
+        else:  # the room closed our outbox: we were too slow
+            await ws.aclose(1008, "too slow: messages piled up")
+        done.cancel()
+
+
+async def _echo(request: WebSocketRequest) -> None:
+    ws = await request.accept(subprotocol=next(iter(request.proposed_subprotocols), None))
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass
+
+
+async def run_demo(
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    compression: str | None = None,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the demo until cancelled."""
+    room = ChatRoom()
+
+    async def handler(request: WebSocketRequest) -> None:
+        if request.path.partition("?")[0] == "/chat":
+            await room.serve(request)
+        else:
+            await _echo(request)
+
+    await serve_websocket(
+        handler,
+        host,
+        port,
+        ssl_context,
+        compression=compression,
+        http_handler=page,
+        max_message_size=16 * 2**20,
+        task_status=task_status,
+    )
+
+
+if __name__ == "__main__":  # examples/browser_demo.py is this file: run it directly
+    import sys
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8765
+    print(f"open http://127.0.0.1:{port}/ in a browser (Ctrl-C to stop)", flush=True)
+    try:
+        trio.run(run_demo, "127.0.0.1", port)
+    except KeyboardInterrupt:
+        pass
