@@ -1,0 +1,85 @@
+"""The demo server (python -m trio_ws serve): page, chat, ticks, echo."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from trio_ws import ConnectionClosed, WebSocketServer, open_websocket
+from trio_ws._demo import OUTBOX_SIZE, run_demo
+
+from .conftest import HOST, RawClient
+
+
+@pytest.fixture
+async def demo(nursery: trio.Nursery) -> WebSocketServer:
+    server: WebSocketServer = await nursery.start(partial(run_demo, HOST, 0))
+    return server
+
+
+async def next_of(ws: object, kind: str) -> dict[str, object]:
+    """The next JSON message of type ``kind`` (skipping ticks and others)."""
+    while True:
+        message = json.loads(await ws.get_message())  # type: ignore[attr-defined]
+        if message["type"] == kind:
+            return message  # type: ignore[no-any-return]
+
+
+async def test_page(demo: WebSocketServer) -> None:
+    client = RawClient(await trio.open_tcp_stream(HOST, demo.port))
+    async with client.stream:
+        await client.stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await client.receive_eof()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"text/html" in head
+    assert b"new WebSocket(url" in body
+    assert b"bufferedAmount" in body
+
+
+async def test_chat_broadcast_and_ticks(demo: WebSocketServer) -> None:
+    async with (
+        open_websocket(HOST, demo.port, "/chat", use_ssl=False, subprotocols=["chat.v1"]) as alice,
+        open_websocket(HOST, demo.port, "/chat", use_ssl=False, subprotocols=["chat.v1"]) as bob,
+    ):
+        assert alice.subprotocol == bob.subprotocol == "chat.v1"
+        tick = await next_of(alice, "tick")  # the server speaks first
+        assert isinstance(tick["time"], float)
+        await alice.send_message("hello, everyone")
+        for ws in (alice, bob):
+            chat = await next_of(ws, "chat")
+            assert chat["text"] == "hello, everyone"
+            assert str(chat["name"]).startswith("guest-")
+        await bob.send_message(b"\x00\x01")
+        assert (await next_of(alice, "chat"))["text"] == "[2 bytes of binary]"
+    async with open_websocket(HOST, demo.port, "/chat", use_ssl=False) as carol:
+        assert carol.subprotocol is None
+        assert (await next_of(carol, "join"))["online"] == 1
+
+
+async def test_echo_elsewhere(demo: WebSocketServer) -> None:
+    async with open_websocket(HOST, demo.port, "/", use_ssl=False, subprotocols=["x"]) as ws:
+        assert ws.subprotocol == "x"
+        await ws.send_message("echo?")
+        assert await ws.get_message() == "echo?"
+
+
+async def test_a_slow_page_is_dropped(demo: WebSocketServer, autojump_clock: trio.testing.MockClock) -> None:
+    """A member that never reads is closed with 1008 once its outbox fills up."""
+    async with (
+        open_websocket(HOST, demo.port, "/chat", use_ssl=False, message_queue_size=0) as slow,
+        open_websocket(HOST, demo.port, "/chat", use_ssl=False) as chatty,
+    ):
+        big = "x" * 1000
+        for _ in range(OUTBOX_SIZE * 20):
+            await chatty.send_message(big)
+            await next_of(chatty, "chat")
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                await slow.get_message()
+        assert info.value.reason is not None
+        assert info.value.reason.code == 1008
