@@ -335,3 +335,17 @@ async def test_uncompressed_frames_still_pass_when_negotiated(nursery: trio.Nurs
         opcode, payload = await client.receive_frame()
     assert opcode == 0x1
     assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == b"plain"
+
+
+async def test_a_ping_between_compressed_fragments(nursery: trio.Nursery) -> None:
+    server = await start_server(nursery, echo_handler, compression="deflate")
+    client = await deflate_client(server.port)
+    async with client.stream:
+        deflated = compress(b"fragmented and compressed")
+        await client.stream.send_all(
+            frame(0x1, deflated[:5], rsv=4, fin=False) + frame(0x9, b"in between") + frame(0x0, deflated[5:])
+        )
+        assert await client.receive_frame() == (0xA, b"in between")
+        opcode, payload = await client.receive_frame()
+    assert opcode == 0x1
+    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == b"fragmented and compressed"

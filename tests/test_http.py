@@ -148,3 +148,40 @@ async def test_request_body_limit(nursery: trio.Nursery) -> None:
         server.port, b"POST /echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + big
     )
     assert response.startswith(b"HTTP/1.1 413")
+
+
+async def bad_pages(request: HTTPRequest) -> object:
+    return {
+        "/header": HTTPResponse(200, [(b"x", 1)], b""),  # type: ignore[list-item]
+        "/str-body": HTTPResponse(200, [], "text"),  # type: ignore[arg-type]
+        "/not-a-response": "hello",
+        "/status-101": HTTPResponse(101, [], b""),
+        "/status-999": HTTPResponse(999, [], b""),
+    }[request.path]
+
+
+@pytest.mark.parametrize("path", ["/header", "/str-body", "/not-a-response", "/status-101", "/status-999"])
+async def test_invalid_http_responses_become_500(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    server = await start_server(nursery, echo_handler, http_handler=bad_pages)
+    response = await http_get(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert response.startswith(b"HTTP/1.1 500")
+    assert any(record.levelno == logging.ERROR for record in caplog.records)
+    again = await http_get(server.port, b"GET /status-101 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert again.startswith(b"HTTP/1.1 500")  # and the server still serves
+
+
+async def test_origin_keyword_replaces_an_origin_header(nursery: trio.Nursery) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        seen.append(request.headers)
+        await request.accept()
+
+    server = await start_server(nursery, handler)
+    async with open_websocket(
+        HOST, server.port, "/", use_ssl=False, origin="https://kw.example", extra_headers=[(b"Origin", b"https://hdr")]
+    ):
+        pass
+    assert [value for name, value in seen[0] if name == b"origin"] == [b"https://kw.example"]

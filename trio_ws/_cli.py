@@ -52,6 +52,16 @@ def _throwaway_tls(host: str) -> tuple[ssl.SSLContext, str]:
 
 async def _serve(host: str, port: int, tls: bool, compression: str | None) -> None:
     context, ca_file = _throwaway_tls(host) if tls else (None, None)
+    try:
+        await _run_demo(host, port, context, ca_file, compression)
+    finally:
+        if ca_file:
+            os.unlink(ca_file)
+
+
+async def _run_demo(
+    host: str, port: int, context: ssl.SSLContext | None, ca_file: str | None, compression: str | None
+) -> None:
     async with trio.open_nursery() as nursery:
         server: WebSocketServer = await nursery.start(
             partial(run_demo, host, port, ssl_context=context, compression=compression)

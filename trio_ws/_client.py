@@ -66,8 +66,9 @@ async def _handshake(
     shield_reader: bool = False,
 ) -> WebSocketConnection:
     """Run the client's opening handshake on ``stream``; close it on any failure."""
-    if origin is not None:
-        extra_headers = [*(extra_headers or ()), (b"Origin", origin.encode("latin-1"))]
+    if origin is not None:  # replaces any Origin among the extra headers
+        kept = [(name, value) for name, value in extra_headers or () if name.lower() not in (b"origin", "origin")]
+        extra_headers = [*kept, (b"Origin", origin.encode("latin-1"))]
     try:
         connection = WebSocketConnection(
             stream,

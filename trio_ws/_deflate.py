@@ -96,6 +96,7 @@ class PerMessageDeflate(Extension):
         self._compressed = False
         self._text = False
         self._output = 0
+        self._control = False  # the frame being received is a control frame
 
     @property
     def header(self) -> str:
@@ -166,7 +167,10 @@ class PerMessageDeflate(Extension):
     ) -> Code | RsvBits:
         if rsv.rsv1 and (opcode.iscontrol() or opcode is Opcode.CONTINUATION):
             return Code.PROTOCOL_ERROR  # only a message's first frame may say "compressed"
-        if opcode.iscontrol():
+        # A control frame may come between two fragments of a message: its
+        # payload and its FIN are its own, not the message's.
+        self._control = opcode.iscontrol()
+        if self._control:
             return RsvBits(False, False, False)
         if not self._in_message:
             # The first frame of a message (a continuation frame here means a
@@ -178,12 +182,12 @@ class PerMessageDeflate(Extension):
         return RsvBits(True, False, False)
 
     def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | Code:
-        if not self._compressed or not self._in_message:
+        if self._control or not self._compressed or not self._in_message:
             return data
         return self._inflate(data)
 
     def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | Code | None:
-        if not fin or not self._in_message:
+        if self._control or not fin or not self._in_message:
             return None
         self._in_message = False
         if not self._compressed:

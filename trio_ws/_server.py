@@ -22,7 +22,7 @@ from ._connection import (
 )
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
-from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest
+from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
 
 __all__ = [
     "HTTPHandler",
@@ -158,8 +158,8 @@ async def wrap_server_stream(
     request with :meth:`~WebSocketRequest.accept` or
     :meth:`~WebSocketRequest.reject`; close the connection when done.
 
-    :raises HandshakeError: the client sent no valid handshake (it got a 400
-        response) or went away first.
+    :raises HandshakeError: the client sent no valid handshake (it got a 4xx
+        response: 400, 426, 431...) or went away first.
     """
     connection = WebSocketConnection(
         stream,
@@ -185,8 +185,12 @@ async def wrap_server_stream(
 
 
 async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, handler: HTTPHandler | None) -> None:
-    """Answer a plain HTTP request: the application's response, or 426 Upgrade Required."""
-    response = _UPGRADE_REQUIRED
+    """Answer a plain HTTP request: the application's response, or 426 Upgrade Required.
+
+    Whatever the handler does (raise, return something that is not a valid
+    response), the client gets an answer and the server goes on.
+    """
+    response: object = _UPGRADE_REQUIRED
     if handler is not None:
         try:
             response = await handler(request) or _NOT_FOUND
@@ -194,10 +198,17 @@ async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, ha
             logger.exception("HTTP handler %r failed on %s %s", handler, request.method, request.target)
             response = _SERVER_ERROR
     try:
-        await connection._respond(response.status_code, response.headers, response.body)
-    except ValueError:
-        logger.exception("HTTP handler %r returned an invalid response", handler)
-        await connection._respond(_SERVER_ERROR.status_code, _SERVER_ERROR.headers, _SERVER_ERROR.body)
+        if not isinstance(response, HTTPResponse):
+            raise TypeError(f"an HTTP handler must return an HTTPResponse or None, not {type(response).__name__}")
+        check_reject_status(response.status_code)
+        if not isinstance(response.body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"an HTTPResponse body must be bytes, not {type(response.body).__name__}")
+        status, body = response.status_code, bytes(response.body)
+        headers = caller_headers(response.headers, drop=frozenset())
+    except (TypeError, ValueError):
+        logger.exception("HTTP handler %r: invalid response to %s %s", handler, request.method, request.target)
+        status, headers, body = _SERVER_ERROR.status_code, _SERVER_ERROR.headers, _SERVER_ERROR.body
+    await connection._respond(status, headers, body)
 
 
 def _origin_set(origins: Iterable[str | None] | None) -> frozenset[str | None] | None:
