@@ -19,6 +19,7 @@ from ._connection import (
     check_compression,
 )
 from ._errors import ConnectionTimeout, DisconnectionTimeout, HandshakeError
+from ._keepalive import check_keepalive_args
 from ._url import WebSocketURL, parse_url
 
 __all__ = [
@@ -62,6 +63,8 @@ async def _handshake(
     receive_buffer_size: int | None,
     disconnect_timeout: float,
     compression: str | None,
+    ping_interval: float | None,
+    ping_timeout: float | None,
     origin: str | None,
     shield_reader: bool = False,
 ) -> WebSocketConnection:
@@ -82,6 +85,8 @@ async def _handshake(
             receive_buffer_size=receive_buffer_size,
             disconnect_timeout=disconnect_timeout,
             compression=compression,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )
     except BaseException:
         await trio.aclose_forcefully(stream)
@@ -106,6 +111,7 @@ async def _connect(
 ) -> WebSocketConnection:
     ssl_context = _ssl_context(use_ssl)
     check_compression(options.get("compression"))
+    check_keepalive_args(options.get("ping_interval"), options.get("ping_timeout"))
     stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
     if ssl_context is not None:
         try:
@@ -131,6 +137,8 @@ async def connect_websocket(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Connect to ``host``:``port``, request ``resource``, return the open connection.
@@ -155,6 +163,14 @@ async def connect_websocket(
         (RFC 7692); ``None``, the default, offers no extension, as trio-websocket.
     :param origin: (new in trio_ws) an ``Origin`` header to send, as a browser
         does (e.g. ``"https://example.com"``), for servers that check it.
+    :param ping_interval: (new in trio_ws) keepalive: ping the peer every so
+        many seconds (``None``, the default: never), and close the
+        connection with 1011 if no pong comes within ``ping_timeout``
+        seconds (default: ``ping_interval``).  ``conn.latency`` reports the
+        last round trip.  Keepalive pauses while the application leaves a
+        full message queue unread, so a slow reader is never mistaken for a
+        dead peer.
+    :param ping_timeout: (new in trio_ws) see ``ping_interval``.
     :raises OSError: the TCP connection failed.
     :raises HandshakeError: the TLS or WebSocket handshake failed
         (:exc:`ConnectionRejected` if the server answered with an HTTP error).
@@ -172,6 +188,8 @@ async def connect_websocket(
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
         origin=origin,
     )
 
@@ -188,6 +206,8 @@ async def connect_websocket_url(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Like :func:`connect_websocket`, for a ``ws://`` or ``wss://`` URL.
@@ -211,6 +231,8 @@ async def connect_websocket_url(
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
         origin=origin,
     )
 
@@ -228,6 +250,8 @@ async def wrap_client_stream(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Run a client handshake over a stream you opened yourself.
@@ -248,6 +272,8 @@ async def wrap_client_stream(
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
         origin=origin,
     )
 
@@ -342,6 +368,8 @@ async def open_websocket(
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
     origin: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Open a client connection for the body of an ``async with`` block.
@@ -363,6 +391,7 @@ async def open_websocket(
 
     _ssl_context(use_ssl)  # a bad use_ssl or compression is an error before anything happens
     check_compression(compression)
+    check_keepalive_args(ping_interval, ping_timeout)
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
         try:
@@ -380,6 +409,8 @@ async def open_websocket(
                     receive_buffer_size=receive_buffer_size,
                     disconnect_timeout=disconnect_timeout,
                     compression=compression,
+                    ping_interval=ping_interval,
+                    ping_timeout=ping_timeout,
                     origin=origin,
                     shield_reader=True,
                 )
@@ -405,6 +436,8 @@ def open_websocket_url(
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
     origin: str | None = None,
     receive_buffer_size: int | None = RECEIVE_BYTES,
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
@@ -430,5 +463,7 @@ def open_websocket_url(
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
         origin=origin,
     )

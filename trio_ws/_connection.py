@@ -53,6 +53,7 @@ from ._handshake import (
     check_reject_status,
     http_response,
 )
+from ._keepalive import check_keepalive_args, keepalive
 
 __all__ = [
     "CONN_TIMEOUT",
@@ -166,8 +167,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
         receive_buffer_size: int | None = RECEIVE_BYTES,
         disconnect_timeout: float = CONN_TIMEOUT,
         compression: str | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
     ) -> None:
         check_compression(compression)
+        check_keepalive_args(ping_interval, ping_timeout)
         self._id = next(self.CONNECTION_ID)
         self._stream = stream
         # trio-websocket took a wsproto WSConnection here; only its role matters now.
@@ -180,6 +184,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._max_message_size = max_message_size
         self._receive_buffer_size = receive_buffer_size
         self._disconnect_timeout = disconnect_timeout
+        # Keepalive (off unless ping_interval is given); see _keepalive.py.
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout if ping_timeout is not None else (ping_interval or 0)
+        self._latency: float | None = None
+        self._reader_blocked = False  # waiting for the application to take a message
 
         self._state = ConnectionState.CONNECTING
         self._close_reason: CloseReason | None = None
@@ -321,6 +330,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
         Client: the response's headers.  Server: the request's.
         """
         return self._handshake_headers
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds between the last keepalive ping and its pong; ``None`` before the first."""
+        return self._latency
 
     @property
     def buffered_amount(self) -> int:
@@ -744,7 +758,13 @@ class WebSocketConnection(trio.abc.AsyncResource):
         """
         try:
             with trio.CancelScope(shield=shield) as self._reader_scope:
-                await self._read_loop()
+                if self._ping_interval is None:
+                    await self._read_loop()
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(keepalive, self, self._ping_interval, self._ping_timeout)
+                        await self._read_loop()
+                        nursery.cancel_scope.cancel()
         except trio.Cancelled:
             await self._abort("the connection's reader task was cancelled")
             return
@@ -851,6 +871,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._subprotocol = accepted.subprotocol
         self._handshake_headers = accepted.headers
         self._state = ConnectionState.OPEN
+        self._decided.set()
         self._handshake_done.set()
 
     async def _on_event(self, event: Event) -> None:
@@ -895,7 +916,16 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._message_size = 0
         self._delivered += 1
         try:
-            await self._send_channel.send(message)
+            try:
+                self._send_channel.send_nowait(message)
+            except trio.WouldBlock:
+                # The queue is full: wait for the application (and, by not
+                # reading meanwhile, make TCP push back on the peer).
+                self._reader_blocked = True
+                try:
+                    await self._send_channel.send(message)
+                finally:
+                    self._reader_blocked = False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._delivered -= 1  # closed locally meanwhile: nobody will read it
 

@@ -23,6 +23,7 @@ from ._connection import (
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
 from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
+from ._keepalive import check_keepalive_args
 
 __all__ = [
     "HTTPHandler",
@@ -151,6 +152,8 @@ async def wrap_server_stream(
     *,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
 ) -> WebSocketRequest:
     """Read a client's opening handshake from a stream you accepted yourself.
 
@@ -169,6 +172,8 @@ async def wrap_server_stream(
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
     )
     nursery.start_soon(connection._reader_task)
     try:
@@ -265,6 +270,8 @@ class WebSocketServer:
 
     - ``compression="deflate"`` accepts permessage-deflate from clients
       that offer it.
+    - ``ping_interval``, ``ping_timeout``: keepalive for each connection
+      (see :func:`connect_websocket`); off by default.
     - ``origins``: the ``Origin`` values allowed to connect (compared without
       regard to case, e.g. ``{"https://example.com"}``; ``None`` in the
       collection admits requests with no ``Origin`` header, as non-browser
@@ -288,6 +295,8 @@ class WebSocketServer:
         connect_timeout: float = CONN_TIMEOUT,
         disconnect_timeout: float = CONN_TIMEOUT,
         compression: str | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
         origins: Iterable[str | None] | None = None,
         http_handler: HTTPHandler | None = None,
     ) -> None:
@@ -302,7 +311,10 @@ class WebSocketServer:
         self._connect_timeout = connect_timeout
         self._disconnect_timeout = disconnect_timeout
         check_compression(compression)
+        check_keepalive_args(ping_interval, ping_timeout)
         self._compression = compression
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         self._origins = _origin_set(origins)
         self._http_handler = http_handler
 
@@ -352,6 +364,8 @@ class WebSocketServer:
             receive_buffer_size=self._receive_buffer_size,
             disconnect_timeout=self._disconnect_timeout,
             compression=self._compression,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._ping_timeout,
         )
         async with trio.open_nursery() as nursery:
             # Shielded: on server shutdown the reader must live on for the
@@ -418,6 +432,8 @@ async def serve_websocket(
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
     origins: Iterable[str | None] | None = None,
     http_handler: HTTPHandler | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
@@ -435,8 +451,10 @@ async def serve_websocket(
     ``http_handler`` (new in trio_ws) are described under
     :class:`WebSocketServer`.
     """
+    # Bad arguments fail here, before any socket is opened.
     check_compression(compression)
-    _origin_set(origins)  # a bad value fails before any socket is opened
+    check_keepalive_args(ping_interval, ping_timeout)
+    _origin_set(origins)
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]
     if ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -452,6 +470,8 @@ async def serve_websocket(
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
         origins=origins,
         http_handler=http_handler,
     )

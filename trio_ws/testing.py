@@ -38,6 +38,8 @@ async def websocket_pair(
     max_message_size: int = MAX_MESSAGE_SIZE,
     disconnect_timeout: float = CONN_TIMEOUT,
     compression: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
 ) -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnection]]:
     """A connected ``(client, server)`` pair over memory streams, for one ``async with``.
 
@@ -58,6 +60,8 @@ async def websocket_pair(
         max_message_size=max_message_size,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
     )
 
     async def serve() -> None:
@@ -88,6 +92,8 @@ async def websocket_pair(
             receive_buffer_size=None,
             disconnect_timeout=disconnect_timeout,
             compression=compression,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
             origin=None,
             shield_reader=True,
         )
