@@ -21,13 +21,13 @@ never outlives its reader, and its reader never outlives the nursery it runs in.
 from __future__ import annotations
 
 import enum
+import io
 import itertools
 import logging
 import os
 import sys
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
 
 import trio
 from wsproto import WSConnection
@@ -200,7 +200,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._send_lock = trio.StrictFIFOLock()
         self._buffered_amount = 0
         self._send_channel, self._recv_channel = trio.open_memory_channel[str | bytes](message_queue_size)
-        self._message_parts: list[Any] = []  # the str or bytes pieces of one message
+        # The message being received, when it came in pieces: its first
+        # piece, then a buffer that grows (see _on_data).
+        self._partial: str | bytes | bytearray | io.StringIO | None = None
         self._message_size = 0
         self._pings: dict[bytes, _PendingPing] = {}
         self._drained: trio.Event | None = None  # see _let_the_application_answer
@@ -893,7 +895,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         data = event.data
         self._message_size += len(data)
         if self._message_size > self._max_message_size:
-            self._message_parts = []
+            self._partial = None
             self._message_size = 0
             # Close 1009 and keep reading (and dropping) until the peer's
             # Close, so that the peer sees our Close frame.  Memory stays at
@@ -902,17 +904,33 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._begin_closing(CloseReason(1009, reason))
             await self._send_close(CloseConnection(code=1009, reason=reason))
             return
-        if not event.message_finished:
-            self._message_parts.append(data)
-            return
+        partial = self._partial
         message: str | bytes
-        if not self._message_parts:
+        if partial is None:
+            if not event.message_finished:
+                self._partial = data
+                return
             message = data if not isinstance(data, bytearray) else bytes(data)
-        elif isinstance(data, str):
-            message = "".join([*self._message_parts, data])
         else:
-            message = b"".join([*self._message_parts, data])
-        self._message_parts = []
+            # Later pieces of a message (fragments, or a frame read in several
+            # chunks) go into one growing buffer: a list of a million one-byte
+            # pieces would cost some fifty times the message's size.
+            if isinstance(partial, str):
+                partial = self._partial = io.StringIO(partial)
+                partial.seek(0, io.SEEK_END)
+            elif isinstance(partial, bytes):
+                partial = self._partial = bytearray(partial)
+            if isinstance(partial, io.StringIO):
+                partial.write(data)  # type: ignore[arg-type]  # text pieces are str
+                if not event.message_finished:
+                    return
+                message = partial.getvalue()
+            else:
+                partial.extend(data)  # type: ignore[arg-type]  # binary pieces are bytes
+                if not event.message_finished:
+                    return
+                message = bytes(partial)
+            self._partial = None
         self._message_size = 0
         self._delivered += 1
         try:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial
-from typing import NoReturn
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -22,7 +21,7 @@ from ._connection import (
 )
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
-from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
+from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status, http_response
 from ._keepalive import check_keepalive_args
 
 __all__ = [
@@ -50,6 +49,13 @@ _SERVER_ERROR = HTTPResponse(
     500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n"
 )
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
+_OVERLOADED = http_response(
+    503,
+    [(b"Retry-After", b"1"), (b"Content-Type", b"text/plain; charset=utf-8")],
+    b"503 Service Unavailable: too many connections; try again later\n",
+)
+# accept() errors that mean "not now" (out of descriptors or memory), not "never".
+_TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class WebSocketRequest:
@@ -216,6 +222,12 @@ async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, ha
     await connection._respond(status, headers, body)
 
 
+def _check_max_connections(max_connections: int | None) -> int | None:
+    if max_connections is not None and (not isinstance(max_connections, int) or max_connections < 1):
+        raise ValueError(f"max_connections must be a positive int or None, not {max_connections!r}")
+    return max_connections
+
+
 def _origin_set(origins: Iterable[str | None] | None) -> frozenset[str | None] | None:
     if origins is None:
         return None
@@ -277,6 +289,9 @@ class WebSocketServer:
       collection admits requests with no ``Origin`` header, as non-browser
       clients send).  Any other request gets 403 before the handler runs.
       ``origins=None``, the default, admits every request.
+    - ``max_connections``: serve at most this many connections at once;
+      one more gets ``503 Service Unavailable`` (with ``Retry-After``) at
+      once, without its request being read.  ``None``, the default: no limit.
     - ``http_handler``: an async function called with an :class:`HTTPRequest`
       for a request that is not a WebSocket upgrade (a health check, a
       page); it returns the :class:`HTTPResponse` to send (``None``: 404).
@@ -299,6 +314,7 @@ class WebSocketServer:
         ping_timeout: float | None = None,
         origins: Iterable[str | None] | None = None,
         http_handler: HTTPHandler | None = None,
+        max_connections: int | None = None,
     ) -> None:
         if len(listeners) == 0:
             raise ValueError("Listeners must contain at least one item.")
@@ -317,6 +333,11 @@ class WebSocketServer:
         self._ping_timeout = ping_timeout
         self._origins = _origin_set(origins)
         self._http_handler = http_handler
+        self._max_connections = _check_max_connections(max_connections)
+        self._accepting = trio.CancelScope()  # cancelled by aclose(): stop accepting
+        self._connections: set[WebSocketConnection] = set()
+        self._tasks: set[trio.CancelScope] = set()  # one per connection being served
+        self._idle = trio.Event()  # set (and replaced) whenever _tasks becomes empty
 
     @property
     def port(self) -> int:
@@ -340,22 +361,93 @@ class WebSocketServer:
         self,
         *,
         task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
-    ) -> NoReturn:
-        """Serve until cancelled.  Supports ``server = await nursery.start(server.run)``."""
-        async with trio.open_nursery() as nursery:
-            serve = partial(
-                trio.serve_listeners,
-                self._handle_connection,
-                self._listeners,
-                handler_nursery=self._handler_nursery,
-            )
-            await nursery.start(serve)
-            logger.debug("Listening on %s", ", ".join(str(listener) for listener in self.listeners))
-            task_status.started(self)
-            await trio.sleep_forever()
-        raise AssertionError("unreachable")  # pragma: no cover
+    ) -> None:
+        """Serve until cancelled, or until :meth:`aclose` has closed the server.
+
+        Supports ``server = await nursery.start(server.run)``.
+        """
+        async with trio.open_nursery() as own_handlers:
+            handlers = self._handler_nursery or own_handlers
+            with self._accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener in self._listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers)
+                    logger.debug("Listening on %s", ", ".join(str(listener) for listener in self.listeners))
+                    task_status.started(self)
+            # aclose() stopped the accept loops; it ends the connections, and
+            # the handler nursery (ours) waits for their tasks.
+
+    async def aclose(self) -> None:
+        """Shut the server down gracefully, and return once it is down.
+
+        Stops accepting connections (the listeners are closed), closes every
+        open connection with 1001 (Going Away), so that handlers see
+        :exc:`ConnectionClosed`, and waits for the handlers to return, at most
+        ``disconnect_timeout`` seconds; handlers still running then are
+        cancelled.  Connections still in their opening handshake are dropped.
+        Idempotent.  (Cancelling :meth:`run` or ``serve_websocket`` instead
+        cancels the handlers, and closes their connections with 1001.)
+        """
+        self._accepting.cancel()
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._disconnect_timeout
+            async with trio.open_nursery() as nursery:
+                for connection in list(self._connections):
+                    nursery.start_soon(connection._close_within, 1001, "server shutting down", self._disconnect_timeout)
+            while self._tasks:
+                await self._idle.wait()
+        for task_scope in list(self._tasks):  # handlers that outlived the deadline
+            task_scope.cancel()
+        if self._tasks:
+            with trio.CancelScope(shield=True):
+                while self._tasks:
+                    await self._idle.wait()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _TEMPORARY_ACCEPT_ERRORS:
+                        raise
+                    # Out of file descriptors or memory: wait for connections
+                    # to end rather than spin.
+                    logger.error("accept() on %r failed: %s; retrying in 100 ms", listener, exc)
+                    await trio.sleep(0.1)
+                    continue
+                if self._max_connections is not None and len(self._tasks) >= self._max_connections:
+                    handlers.start_soon(self._refuse_overload, stream)
+                else:
+                    handlers.start_soon(self._handle_connection, stream)
+
+    async def _refuse_overload(self, stream: trio.abc.Stream) -> None:
+        """More connections than ``max_connections``: answer 503 at once, and close."""
+        logger.warning("max_connections (%d) reached: answering 503", self._max_connections)
+        with trio.move_on_after(self._connect_timeout):
+            try:
+                await stream.send_all(_OVERLOADED)
+                if isinstance(stream, trio.abc.HalfCloseableStream):
+                    await stream.send_eof()
+                    with trio.move_on_after(1):  # let the client read it (closing with unread data resets)
+                        while await stream.receive_some(65536):
+                            pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(stream)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        with trio.CancelScope() as scope:
+            self._tasks.add(scope)
+            try:
+                await self._serve_connection(stream)
+            finally:
+                self._tasks.discard(scope)
+                if not self._tasks:
+                    self._idle.set()
+                    self._idle = trio.Event()
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         connection = WebSocketConnection(
             stream,
             WSConnection(ConnectionType.SERVER),
@@ -367,6 +459,7 @@ class WebSocketServer:
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
         )
+        self._connections.add(connection)
         async with trio.open_nursery() as nursery:
             # Shielded: on server shutdown the reader must live on for the
             # 1001 closing handshake; the finally clause below stops it.
@@ -388,6 +481,7 @@ class WebSocketServer:
                     await self._run_handler(connection, WebSocketRequest(connection, event))
             finally:
                 # Normally closed already; this covers timeouts and cancellation.
+                self._connections.discard(connection)
                 await connection._abort(why)
                 connection._stop_reader()
 
@@ -436,8 +530,9 @@ async def serve_websocket(
     ping_timeout: float | None = None,
     origins: Iterable[str | None] | None = None,
     http_handler: HTTPHandler | None = None,
+    max_connections: int | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
+) -> None:
     """Serve WebSockets over TCP (TLS when ``ssl_context`` is given) until cancelled.
 
     Supports ``server = await nursery.start(serve_websocket, ...)``, which
@@ -455,6 +550,7 @@ async def serve_websocket(
     check_compression(compression)
     check_keepalive_args(ping_interval, ping_timeout)
     _origin_set(origins)
+    _check_max_connections(max_connections)
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]
     if ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -474,5 +570,6 @@ async def serve_websocket(
         ping_timeout=ping_timeout,
         origins=origins,
         http_handler=http_handler,
+        max_connections=max_connections,
     )
     await server.run(task_status=task_status)
