@@ -112,7 +112,14 @@ async def _connect(
     ssl_context = _ssl_context(use_ssl)
     check_compression(options.get("compression"))
     check_keepalive_args(options.get("ping_interval"), options.get("ping_timeout"))
-    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    try:
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    except BaseExceptionGroup as group:
+        # trio tries addresses concurrently ("happy eyeballs"): cancelled
+        # meanwhile, it raises a group of Cancelled.  A caller expects one.
+        if group.split(trio.Cancelled)[1] is None:  # nothing but cancellations
+            _reraise(_leaves(group)[0])
+        raise
     if ssl_context is not None:
         try:
             stream = trio.SSLStream(stream, ssl_context, server_hostname=host, https_compatible=True)
@@ -348,6 +355,10 @@ async def _owned_connection(
             _reraise(error)
         if len(internal) == 1:
             _reraise(internal[0])
+        if not internal:
+            # Only cancellations (a task of ours was cancelled with the body):
+            # one Cancelled, the body's own if it has one, is what goes up.
+            _reraise(error or _leaves(group)[0])
         raise
     if error is not None:
         _reraise(error)
