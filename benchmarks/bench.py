@@ -1,0 +1,247 @@
+"""trio_ws against its peers, server role and client role, on loopback.
+
+    python benchmarks/bench.py            # full: 5 rounds, about 8 minutes
+    python benchmarks/bench.py --quick    # 1 round, shorter workloads, about 2 minutes
+
+Each measurement runs the peer under test in one process and a fast peer in
+another: in the server role a C-accelerated client (websockets' asyncio
+client; a plain asyncio client for the raw baseline), in the client role a
+C-accelerated server.  The baseline is a raw trio TCP echo with 4-byte
+length-prefixed frames: the physical limit of trio on this machine.  Rounds
+interleave the implementations; each figure is turned into a cost (how many
+times worse than raw trio in the same round: 1.0 is as fast as raw trio) and
+the table shows the median cost over rounds, with the median raw figure.
+
+Peers run from benchmarks/.venv-peers (made from requirements-peers.txt on
+first use); trio_ws and the raw trio peer from the project's interpreter.
+Results are saved as JSON in benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PEERS_VENV = HERE / ".venv-peers"
+PEERS_PY = PEERS_VENV / "bin" / "python"
+PROJECT_PY = Path(sys.executable)
+UNDER_TEST = ["raw", "trio_ws", "trio_websocket", "websockets_trio"]
+# (column, workload, metric, higher_is_better)
+COLUMNS = [
+    ("lat p50", "latency", "p50_us", False),
+    ("32 B msg/s", "throughput-32", "msgs_per_s", True),
+    ("1 KiB msg/s", "throughput-1024", "msgs_per_s", True),
+    ("64 KiB MB/s", "throughput-65536", "mb_per_s", True),
+    ("1 MiB MB/s", "throughput-1048576", "mb_per_s", True),
+    ("handshakes/s", "handshakes", "per_s", True),
+]
+BROADCAST = ("broadcast", "broadcast", "msgs_per_s", True)  # to 1000 connections (300 with --quick)
+IDLE = ("KiB/idle conn", "idle", "kib_per_conn", False)
+
+
+def ensure_peers() -> None:
+    if PEERS_PY.exists():
+        return
+    print("making benchmarks/.venv-peers ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    subprocess.run(
+        [str(PEERS_PY), "-m", "pip", "install", "--quiet", "-r", str(HERE / "requirements-peers.txt")], check=True
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def python_for(impl: str) -> Path:
+    return PROJECT_PY if impl in ("trio_ws", "raw_trio", "raw_sync") else PEERS_PY
+
+
+class Server:
+    """A peers.py server process; it stops when its stdin closes (or is killed)."""
+
+    def __init__(self, impl: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [str(python_for(impl)), str(HERE / "peers.py"), "server", impl, "--port", str(self.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "READY":
+            self.stop()
+            raise RuntimeError(f"server {impl} did not start")
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+def run_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> dict[str, Any]:
+    command = [str(python_for(impl)), str(HERE / "peers.py"), "client", impl, workload, "--port", str(port)]
+    command += ["--options", json.dumps(options)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"client {impl} {workload} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def pair(role: str, impl: str, workload: str) -> tuple[str, str]:
+    """(server impl, client impl) measuring ``impl`` in ``role``.
+
+    The other side is the fastest reference there is: blocking sockets and C
+    masking (raw_sync, fast_ws); for many connections at once (idle memory,
+    broadcast) an asyncio client (websockets' C-accelerated one).
+    """
+    many = workload in ("idle", "broadcast")
+    if impl == "raw":
+        reference = "raw_asyncio" if many else "raw_sync"
+        return ("raw_trio", reference) if role == "server" else (reference, "raw_trio")
+    reference = "websockets_asyncio" if many else "fast_ws"
+    return (impl, reference) if role == "server" else (reference, impl)
+
+
+def measure(role: str, impl: str, workload: str, options: dict[str, Any]) -> dict[str, Any]:
+    server_impl, client_impl = pair(role, impl, workload)
+    server = Server(server_impl)
+    try:
+        if workload == "idle":
+            return measure_idle(server, client_impl, options)
+        return run_client(client_impl, workload, server.port, options)
+    finally:
+        server.stop()
+
+
+def measure_idle(server: Server, client_impl: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Server RSS per connection: open N connections, use each once, leave them idle."""
+    before = server.rss_kib()
+    command = [str(python_for(client_impl)), str(HERE / "peers.py"), "client", client_impl, "idle"]
+    command += ["--port", str(server.port), "--options", json.dumps(options)]
+    client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdout is not None
+    assert client.stdin is not None
+    try:
+        if client.stdout.readline().strip() != "READY":
+            raise RuntimeError("idle client did not get ready")
+        time.sleep(0.5)
+        during = server.rss_kib()
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        client.wait(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        client.stdin.close()
+        client.stdout.close()
+    return {"kib_per_conn": (during - before) / options["connections"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--only", nargs="*", default=None, help="column names to run (e.g. 'lat p50')")
+    args = parser.parse_args()
+    ensure_peers()
+    rounds = args.rounds or (1 if args.quick else 5)
+    seconds = 0.5 if args.quick else 1.5
+    idle_n = 300 if args.quick else 1000
+    sinks = 300 if args.quick else 1000
+    columns = [c for c in [*COLUMNS, BROADCAST, IDLE] if args.only is None or c[0] in args.only]
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}  # role -> impl -> column -> costs
+    raw_values: dict[str, dict[str, list[float]]] = {}
+    started = time.monotonic()
+    for round_number in range(rounds):
+        for role in ("server", "client"):
+            for name, workload, metric, higher in columns:
+                if role == "client" and workload in ("idle", "broadcast"):
+                    continue  # server-side figures
+                options: dict[str, Any] = {"seconds": seconds}
+                if workload == "idle":
+                    options = {"connections": idle_n}
+                elif workload == "broadcast":
+                    options = {"connections": sinks, "messages": 5 if args.quick else 20, "size": 64}
+                # Interleave: rotate the order each round.
+                order = UNDER_TEST[round_number % len(UNDER_TEST) :] + UNDER_TEST[: round_number % len(UNDER_TEST)]
+                values: dict[str, float] = {}
+                column_started = time.monotonic()
+                for impl in order:
+                    try:
+                        values[impl] = float(measure(role, impl, workload, options)[metric])
+                    except Exception as exc:  # one broken measurement must not end the run
+                        print(f"  {role} {impl} {workload}: {exc}", file=sys.stderr)
+                raw = values.get("raw")
+                if raw:
+                    raw_values.setdefault(role, {}).setdefault(name, []).append(raw)
+                for impl, value in values.items():
+                    if impl == "raw" or not raw or not value:
+                        continue
+                    cost = raw / value if higher else value / raw
+                    results.setdefault(role, {}).setdefault(impl, {}).setdefault(name, []).append(cost)
+                took = time.monotonic() - column_started
+                figures = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
+                print(f"round {round_number + 1} {role:6} {name:14} {figures}  ({took:.0f} s)", flush=True)
+    elapsed = time.monotonic() - started
+    table = render(results, raw_values, columns, rounds, elapsed)
+    print(table)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"bench-{stamp}.json").write_text(
+        json.dumps({"costs": results, "raw": raw_values, "rounds": rounds}, indent=1)
+    )
+    (out / f"bench-{stamp}.md").write_text(table)
+    return 0
+
+
+def render(
+    results: dict[str, dict[str, dict[str, list[float]]]],
+    raw_values: dict[str, dict[str, list[float]]],
+    columns: list[tuple[str, str, str, bool]],
+    rounds: int,
+    elapsed: float,
+) -> str:
+    lines = [f"cost = times worse than raw trio in the same round (1.0 = as fast); median of {rounds} round(s)", ""]
+    for role in ("server", "client"):
+        names = [c[0] for c in columns if not (role == "client" and c[1] in ("idle", "broadcast"))]
+        lines.append(f"{role} role | " + " | ".join(names))
+        lines.append("---|" + "|".join("---:" for _ in names))
+        raw = raw_values.get(role, {})
+        lines.append("raw trio (value) | " + " | ".join(f"{median(raw[n]):.4g}" if n in raw else "-" for n in names))
+        for impl in UNDER_TEST[1:]:
+            costs = results.get(role, {}).get(impl, {})
+            cells = [f"{median(costs[n]):.2f}" if n in costs else "-" for n in names]
+            lines.append(f"{impl} | " + " | ".join(cells))
+        lines.append("")
+    lines.append(f"wall time {elapsed:.0f} s; command: python benchmarks/bench.py{'' if rounds > 1 else ' --quick'}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,824 @@
+"""The processes that benchmarks/bench.py runs: echo servers and load-generating clients.
+
+    python peers.py server IMPL --port P            serve until stdin closes
+    python peers.py client IMPL WORKLOAD --port P   run one workload, print one JSON line
+
+Server IMPLs: raw_trio, trio_ws, trio_websocket, websockets_trio (the servers under
+test), raw_asyncio, websockets_asyncio (fast references for the client role).
+Client IMPLs: the same names; raw_asyncio and websockets_asyncio (C-accelerated
+masking) are the fast references for the server role.
+
+Every WebSocket server serves three paths: /echo echoes; /sink receives what a
+/trigger asks for: a trigger message "N SIZE" makes the server send N messages
+of SIZE bytes to every sink, then answer "done".  The raw servers do the same
+over 4-byte length-prefixed frames, the first frame naming the role.
+
+trio_ws and the raw trio peers run in the project's venv; the others in the
+benchmark peers venv (bench.py makes it).  Nothing here is imported by trio_ws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from statistics import median
+from typing import Any
+
+MAX_SIZE = 2**24
+HEADER = struct.Struct("!I")
+
+# --- shared workload logic, written once for any framework ----------------------------------
+
+
+class Conn:
+    """What a workload needs of a connection: send, receive, close."""
+
+    async def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def recv(self) -> bytes:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+Spawn = Callable[[list[Callable[[], Awaitable[None]]]], Awaitable[None]]  # run coroutines concurrently
+
+
+async def latency(conn: Conn, spawn: Spawn, seconds: float) -> dict[str, Any]:
+    payload = b"x" * 32
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        await conn.send(payload)
+        await conn.recv()
+        samples.append(time.perf_counter() - start)
+    return {"p50_us": median(samples) * 1e6, "count": len(samples)}
+
+
+async def throughput(conn: Conn, spawn: Spawn, seconds: float, size: int, window: int) -> dict[str, Any]:
+    """Keep ``window`` messages in flight; count echoes."""
+    payload = os.urandom(size)
+    sent = received = 0
+    stop = time.perf_counter() + seconds
+    done_sending = False
+    credits: list[int] = [window]
+    wake: list[Callable[[], None]] = []
+
+    sent_wake: list[Callable[[], None]] = []
+
+    async def sender() -> None:
+        nonlocal sent, done_sending
+        while time.perf_counter() < stop:
+            while credits[0] == 0:
+                await wait_credit()
+            credits[0] -= 1
+            await conn.send(payload)
+            sent += 1
+            for callback in sent_wake[:]:
+                callback()
+        done_sending = True
+        for callback in sent_wake[:]:
+            callback()
+
+    async def receiver() -> None:
+        nonlocal received
+        while not (done_sending and received >= sent):
+            if received >= sent:  # nothing in flight: wait for a send (or the end)
+                await wait_sent()
+                continue
+            data = await conn.recv()
+            assert len(data) == size
+            received += 1
+            credits[0] += 1
+            for callback in wake[:]:
+                callback()
+
+    wait_credit = _credit_waiter(wake)
+    wait_sent = _credit_waiter(sent_wake)
+    start = time.perf_counter()
+    await spawn([sender, receiver])
+    elapsed = time.perf_counter() - start
+    return {"msgs_per_s": received / elapsed, "mb_per_s": received * size / elapsed / 1e6, "count": received}
+
+
+def _credit_waiter(wake: list[Callable[[], None]]) -> Callable[[], Awaitable[None]]:
+    """An event usable from asyncio or trio, whichever is running."""
+    if "trio" in sys.modules and _running_trio():
+        import trio
+
+        async def wait_trio() -> None:
+            event = trio.Event()
+            wake.append(event.set)
+            await event.wait()
+            wake.remove(event.set)
+
+        return wait_trio
+    import asyncio
+
+    async def wait_asyncio() -> None:
+        event = asyncio.Event()
+        wake.append(event.set)
+        await event.wait()
+        wake.remove(event.set)
+
+    return wait_asyncio
+
+
+def _running_trio() -> bool:
+    try:
+        import trio
+
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+# --- trio clients and servers -------------------------------------------------------------
+
+
+def trio_spawn() -> Spawn:
+    import trio
+
+    async def spawn(functions: list[Callable[[], Awaitable[None]]]) -> None:
+        async with trio.open_nursery() as nursery:
+            for function in functions:
+                nursery.start_soon(function)
+
+    return spawn
+
+
+class RawTrioConn(Conn):
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(HEADER.pack(len(data)) + data)
+
+    async def recv(self) -> bytes:
+        while True:
+            if len(self.buffer) >= 4:
+                (size,) = HEADER.unpack_from(self.buffer)
+                if len(self.buffer) >= 4 + size:
+                    data = bytes(self.buffer[4 : 4 + size])
+                    del self.buffer[: 4 + size]
+                    return data
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
+
+class TrioWsConn(Conn):
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send_message(data)
+
+    async def recv(self) -> bytes:
+        return await self.ws.get_message()  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self.ws.aclose()
+
+
+class WebsocketsConn(Conn):
+    """websockets' connection, asyncio or trio flavour."""
+
+    def __init__(self, ws: Any, manager: Any = None) -> None:
+        self.ws = ws
+        self.manager = manager
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send(data)
+
+    async def recv(self) -> bytes:
+        return await self.ws.recv()  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        if self.manager is not None:
+            await self.manager.__aexit__(None, None, None)
+        else:
+            await self.ws.close()
+
+
+async def trio_connect(impl: str, port: int, path: str) -> Conn:
+    import trio
+
+    if impl == "raw_trio":
+        conn = RawTrioConn(await trio.open_tcp_stream("127.0.0.1", port))
+        await conn.send(path.encode())
+        return conn
+    if impl == "trio_ws":
+        import trio_ws
+
+        ws = await trio_ws.connect_websocket(
+            _NURSERY, "127.0.0.1", port, path, use_ssl=False, max_message_size=MAX_SIZE
+        )
+        return TrioWsConn(ws)
+    if impl == "trio_websocket":
+        import trio_websocket
+
+        ws = await trio_websocket.connect_websocket(
+            _NURSERY, "127.0.0.1", port, path, use_ssl=False, max_message_size=MAX_SIZE
+        )
+        return TrioWsConn(ws)
+    if impl == "websockets_trio":
+        from websockets.trio.client import connect
+
+        manager = connect(
+            f"ws://127.0.0.1:{port}{path}", max_size=MAX_SIZE, compression=None, ping_interval=None, proxy=None
+        )
+        return WebsocketsConn(await manager.__aenter__(), manager)
+    raise SystemExit(f"no trio client {impl}")
+
+
+_NURSERY: Any = None
+
+
+async def trio_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> dict[str, Any]:
+    import trio
+
+    global _NURSERY
+    async with trio.open_nursery() as nursery:
+        _NURSERY = nursery
+        result = await run_workload(lambda path: trio_connect(impl, port, path), trio_spawn(), workload, options)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def trio_server(impl: str, port: int) -> None:
+    import trio
+
+    sinks: list[Any] = []
+
+    async def until_stdin_closes() -> None:
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+
+    if impl == "raw_trio":
+
+        async def handle(stream: Any) -> None:
+            conn = RawTrioConn(stream)
+            try:
+                role = await conn.recv()
+                if role == b"/echo":
+                    while True:
+                        await conn.send(await conn.recv())
+                elif role == b"/sink":
+                    sinks.append(conn)
+                    await trio.sleep_forever()
+                elif role == b"/trigger":
+                    count, size = map(int, (await conn.recv()).split())
+                    await _broadcast_trio(sinks, count, size)
+                    await conn.send(b"done")
+                    await trio.sleep_forever()
+            except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                if conn in sinks:
+                    sinks.remove(conn)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_tcp, handle, port)
+            _ready()
+            await until_stdin_closes()
+            nursery.cancel_scope.cancel()
+        return
+
+    if impl in ("trio_ws", "trio_websocket"):
+        module: Any = __import__(impl)
+
+        async def handler(request: Any) -> None:
+            ws = await request.accept()
+            conn = TrioWsConn(ws)
+            try:
+                if request.path == "/echo":
+                    while True:
+                        await ws.send_message(await ws.get_message())
+                elif request.path == "/sink":
+                    sinks.append(conn)
+                    await ws.get_message()  # until it closes
+                elif request.path == "/trigger":
+                    count, size = map(int, (await ws.get_message()).split())
+                    await _broadcast_trio(sinks, count, size)
+                    await ws.send_message("done")
+                    await ws.get_message()
+            except module.ConnectionClosed:
+                pass
+            finally:
+                if conn in sinks:
+                    sinks.remove(conn)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: module.serve_websocket(
+                    handler, "127.0.0.1", port, None, max_message_size=MAX_SIZE, task_status=task_status
+                )
+            )
+            _ready()
+            await until_stdin_closes()
+            nursery.cancel_scope.cancel()
+        return
+
+    if impl == "websockets_trio":
+        from websockets.exceptions import ConnectionClosed
+        from websockets.trio.server import serve
+
+        async def ws_handler(ws: Any) -> None:
+            conn = WebsocketsConn(ws)
+            path = ws.request.path
+            try:
+                if path == "/echo":
+                    async for message in ws:
+                        await ws.send(message)
+                elif path == "/sink":
+                    sinks.append(conn)
+                    await ws.recv()
+                elif path == "/trigger":
+                    count, size = map(int, (await ws.recv()).split())
+                    await _broadcast_trio(sinks, count, size)
+                    await ws.send("done")
+                    await ws.recv()
+            except ConnectionClosed:
+                pass
+            finally:
+                if conn in sinks:
+                    sinks.remove(conn)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: serve(
+                    ws_handler,
+                    port,
+                    host="127.0.0.1",
+                    max_size=MAX_SIZE,
+                    compression=None,
+                    ping_interval=None,
+                    task_status=task_status,
+                )
+            )
+            _ready()
+            await until_stdin_closes()
+            nursery.cancel_scope.cancel()
+        return
+    raise SystemExit(f"no trio server {impl}")
+
+
+async def _broadcast_trio(sinks: list[Conn], count: int, size: int) -> None:
+    import trio
+
+    payload = os.urandom(size)
+    for _ in range(count):
+        async with trio.open_nursery() as nursery:
+            for conn in list(sinks):
+                nursery.start_soon(conn.send, payload)
+
+
+# --- asyncio references (C-accelerated websockets) -------------------------------------------
+
+
+def asyncio_spawn() -> Spawn:
+    import asyncio
+
+    async def spawn(functions: list[Callable[[], Awaitable[None]]]) -> None:
+        await asyncio.gather(*(function() for function in functions))
+
+    return spawn
+
+
+class RawAsyncioConn(Conn):
+    def __init__(self, reader: Any, writer: Any) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(HEADER.pack(len(data)) + data)
+        await self.writer.drain()
+
+    async def recv(self) -> bytes:
+        (size,) = HEADER.unpack(await self.reader.readexactly(4))
+        return await self.reader.readexactly(size)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def asyncio_connect(impl: str, port: int, path: str) -> Conn:
+    import asyncio
+
+    if impl == "raw_asyncio":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = RawAsyncioConn(reader, writer)
+        await conn.send(path.encode())
+        return conn
+    if impl == "websockets_asyncio":
+        from websockets.asyncio.client import connect
+
+        ws = await connect(
+            f"ws://127.0.0.1:{port}{path}", max_size=MAX_SIZE, compression=None, ping_interval=None, proxy=None
+        )
+        return WebsocketsConn(ws)
+    raise SystemExit(f"no asyncio client {impl}")
+
+
+async def asyncio_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> dict[str, Any]:
+    return await run_workload(lambda path: asyncio_connect(impl, port, path), asyncio_spawn(), workload, options)
+
+
+async def asyncio_server(impl: str, port: int) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    stdin_closed = loop.run_in_executor(None, sys.stdin.read)
+    if impl == "raw_asyncio":
+
+        async def handle(reader: Any, writer: Any) -> None:
+            conn = RawAsyncioConn(reader, writer)
+            try:
+                await conn.recv()  # the role: the reference server only echoes
+                while True:
+                    await conn.send(await conn.recv())
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+    elif impl == "websockets_asyncio":
+        from websockets.asyncio.server import serve
+
+        async def ws_handler(ws: Any) -> None:
+            async for message in ws:
+                await ws.send(message)
+
+        server = await serve(ws_handler, "127.0.0.1", port, max_size=MAX_SIZE, compression=None, ping_interval=None)
+    else:
+        raise SystemExit(f"no asyncio server {impl}")
+    _ready()
+    await stdin_closed
+    server.close()
+
+
+# --- fast synchronous references: blocking sockets, C masking -------------------------------------
+#
+# The lowest-overhead peers Python offers: no event loop, one thread per
+# direction, websockets' C apply_mask for masking.  They make the peer under
+# test the bottleneck, so that its own cost shows.
+
+
+def _recv_exactly(sock: Any, size: int, buffer: bytearray) -> bytes:
+    while len(buffer) < size:
+        chunk = sock.recv(max(65536, size - len(buffer)))
+        if not chunk:
+            raise EOFError
+        buffer += chunk
+    data = bytes(buffer[:size])
+    del buffer[:size]
+    return data
+
+
+class SyncRaw:
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.buffer = sock, bytearray()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(HEADER.pack(len(data)) + data)
+
+    def recv(self) -> bytes:
+        (size,) = HEADER.unpack(_recv_exactly(self.sock, 4, self.buffer))
+        return _recv_exactly(self.sock, size, self.buffer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SyncWs:
+    """A minimal WebSocket endpoint over a blocking socket: binary frames, no extensions."""
+
+    def __init__(self, sock: Any, client: bool) -> None:
+        from websockets.speedups import apply_mask
+
+        self.sock, self.buffer, self.client, self.apply_mask = sock, bytearray(), client, apply_mask
+
+    def send(self, data: bytes, opcode: int = 0x2) -> None:
+        length = len(data)
+        mask_bit = 0x80 if self.client else 0
+        if length < 126:
+            head = struct.pack("!BB", 0x80 | opcode, mask_bit | length)
+        elif length < 65536:
+            head = struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
+        if self.client:
+            key = os.urandom(4)
+            self.sock.sendall(head + key + self.apply_mask(data, key))
+        else:
+            self.sock.sendall(head + data)
+
+    def recv(self) -> bytes:
+        while True:
+            first, second = _recv_exactly(self.sock, 2, self.buffer)
+            length = second & 0x7F
+            if length == 126:
+                (length,) = struct.unpack("!H", _recv_exactly(self.sock, 2, self.buffer))
+            elif length == 127:
+                (length,) = struct.unpack("!Q", _recv_exactly(self.sock, 8, self.buffer))
+            key = _recv_exactly(self.sock, 4, self.buffer) if second & 0x80 else None
+            payload = _recv_exactly(self.sock, length, self.buffer)
+            if key is not None:
+                payload = self.apply_mask(payload, key)
+            opcode = first & 0x0F
+            if opcode == 0x8:
+                raise EOFError
+            if opcode in (0x1, 0x2):  # unfragmented data: all our peers send it so
+                return payload
+            if opcode == 0x9:
+                self.send(payload, 0xA)
+
+    def close(self) -> None:
+        try:
+            self.send(struct.pack("!H", 1000), 0x8)
+            while True:
+                self.recv()
+        except (EOFError, OSError):
+            pass
+        self.sock.close()
+
+
+def sync_connect(impl: str, port: int, path: str) -> Any:
+    import base64
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if impl == "raw_sync":
+        conn: Any = SyncRaw(sock)
+        conn.send(path.encode())
+        return conn
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(
+        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    conn = SyncWs(sock, client=True)
+    while b"\r\n\r\n" not in conn.buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("no handshake response")
+        conn.buffer += chunk
+    head, _, rest = bytes(conn.buffer).partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(head.decode(errors="replace"))
+    conn.buffer = bytearray(rest)
+    return conn
+
+
+def sync_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> dict[str, Any]:
+    import threading
+
+    seconds = float(options.get("seconds", 2.0))
+    if workload == "latency":
+        conn = sync_connect(impl, port, "/echo")
+        payload, samples = b"x" * 32, []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            conn.send(payload)
+            conn.recv()
+            samples.append(time.perf_counter() - start)
+        conn.close()
+        return {"p50_us": median(samples) * 1e6, "count": len(samples)}
+    if workload.startswith("throughput-"):
+        size = int(workload.split("-", 1)[1])
+        window = threading.Semaphore(64 if size <= 4096 else 8)
+        conn = sync_connect(impl, port, "/echo")
+        payload = os.urandom(size)
+        sent = [0]
+        stop = time.perf_counter() + seconds
+
+        def sender() -> None:
+            while time.perf_counter() < stop:
+                window.acquire()
+                conn.send(payload)
+                sent[0] += 1
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=sender)
+        thread.start()
+        received = 0
+        while thread.is_alive() or received < sent[0]:
+            data = conn.recv()
+            assert len(data) == size
+            received += 1
+            window.release()
+        elapsed = time.perf_counter() - start
+        thread.join()
+        conn.close()
+        return {"msgs_per_s": received / elapsed, "mb_per_s": received * size / elapsed / 1e6, "count": received}
+    if workload == "handshakes":
+        count, start = 0, time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            conn = sync_connect(impl, port, "/echo")
+            conn.send(b"x")
+            conn.recv()
+            conn.close()
+            count += 1
+        return {"per_s": count / (time.perf_counter() - start), "count": count}
+    raise SystemExit(f"no sync workload {workload}")
+
+
+def sync_server(impl: str, port: int) -> None:
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", port), backlog=1024)
+
+    def serve(sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if impl == "raw_sync":
+                conn: Any = SyncRaw(sock)
+                conn.recv()  # the role: the reference server only echoes
+            else:
+                from websockets.utils import accept_key
+
+                buffer = bytearray()
+                while b"\r\n\r\n" not in buffer:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+                key = next(
+                    line.split(b":", 1)[1].strip()
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")
+                )
+                sock.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
+                )
+                conn = SyncWs(sock, client=False)
+                conn.buffer = bytearray(rest)
+            while True:
+                conn.send(conn.recv())
+        except (EOFError, OSError):
+            pass
+        finally:
+            sock.close()
+
+    def accept() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    _ready()
+    sys.stdin.read()
+    listener.close()
+
+
+# --- workloads ------------------------------------------------------------------------------------
+
+
+async def run_workload(
+    connect: Callable[[str], Awaitable[Conn]], spawn: Spawn, workload: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    seconds = float(options.get("seconds", 2.0))
+    if workload == "latency":
+        conn = await connect("/echo")
+        result = await latency(conn, spawn, seconds)
+        await conn.close()
+        return result
+    if workload.startswith("throughput-"):
+        size = int(workload.split("-", 1)[1])
+        window = 64 if size <= 4096 else 8
+        conn = await connect("/echo")
+        result = await throughput(conn, spawn, seconds, size, window)
+        await conn.close()
+        return result
+    if workload == "handshakes":
+        count = 0
+        deadline = time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < deadline:
+            conn = await connect("/echo")
+            await conn.send(b"x")
+            await conn.recv()
+            await conn.close()
+            count += 1
+        return {"per_s": count / (time.perf_counter() - start), "count": count}
+    if workload == "idle":
+        count = int(options.get("connections", 1000))
+        conns = [await connect("/echo") for _ in range(count)]
+        for conn in conns:  # every connection fully open and used once
+            await conn.send(b"x")
+            await conn.recv()
+        _ready()
+        await _read_stdin_line(spawn)
+        for conn in conns:
+            await conn.close()
+        return {"connections": count}
+    if workload == "broadcast":
+        sinks_n = int(options.get("connections", 1000))
+        messages = int(options.get("messages", 10))
+        size = int(options.get("size", 64))
+        sinks = [await connect("/sink") for _ in range(sinks_n)]
+        trigger = await connect("/trigger")
+        received = 0
+
+        async def drain(conn: Conn) -> None:
+            nonlocal received
+            for _ in range(messages):
+                await conn.recv()
+                received += 1
+
+        async def fire() -> None:
+            await conn_send(trigger, f"{messages} {size}".encode())
+            await trigger.recv()
+
+        start = time.perf_counter()
+        await spawn([fire, *[(lambda conn=conn: drain(conn)) for conn in sinks]])
+        elapsed = time.perf_counter() - start
+        for conn in [*sinks, trigger]:
+            await conn.close()
+        return {"msgs_per_s": received / elapsed, "count": received}
+    raise SystemExit(f"no workload {workload}")
+
+
+async def conn_send(conn: Conn, data: bytes) -> None:
+    # A trigger names its request as text on WebSocket connections.
+    if isinstance(conn, (TrioWsConn, WebsocketsConn)):
+        await conn.send(data.decode())  # type: ignore[arg-type]
+    else:
+        await conn.send(data)
+
+
+async def _read_stdin_line(spawn: Spawn) -> None:
+    if _running_trio():
+        import trio
+
+        await trio.to_thread.run_sync(sys.stdin.readline)
+    else:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+def _ready() -> None:
+    print("READY", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["server", "client"])
+    parser.add_argument("impl")
+    parser.add_argument("workload", nargs="?")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--options", default="{}")
+    args = parser.parse_args()
+    asyncio_impls = ("raw_asyncio", "websockets_asyncio")
+    sync_impls = ("raw_sync", "fast_ws")
+    if args.role == "server":
+        if args.impl in sync_impls:
+            sync_server(args.impl, args.port)
+        elif args.impl in asyncio_impls:
+            import asyncio
+
+            asyncio.run(asyncio_server(args.impl, args.port))
+        else:
+            import trio
+
+            trio.run(trio_server, args.impl, args.port)
+        return
+    options = json.loads(args.options)
+    if args.impl in sync_impls:
+        result = sync_client(args.impl, args.workload, args.port, options)
+    elif args.impl in asyncio_impls:
+        import asyncio
+
+        result = asyncio.run(asyncio_client(args.impl, args.workload, args.port, options))
+    else:
+        import trio
+
+        result = trio.run(trio_client, args.impl, args.workload, args.port, options)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
