@@ -105,7 +105,7 @@ class Server:
 def run_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> dict[str, Any]:
     command = [str(python_for(impl)), str(HERE / "peers.py"), "client", impl, workload, "--port", str(port)]
     command += ["--options", json.dumps(options)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"client {impl} {workload} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]

@@ -520,14 +520,14 @@ async def test_a_crash_in_the_reader_comes_out_unwrapped(
     # The reader of this one client connection is broken, once its body runs.
     with pytest.raises(RuntimeError) as info:
         async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
-            monkeypatch.setattr(ws, "_on_data", broken)
+            monkeypatch.setattr(ws, "_on_message", broken)
             await ws.send_message("go")
             await trio.sleep_forever()
     assert info.value is bug
     # When the body raises too, the body's exception wins, with the bug in its context.
     with pytest.raises(KeyError) as info2:
         async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
-            monkeypatch.setattr(ws, "_on_data", broken)
+            monkeypatch.setattr(ws, "_on_message", broken)
             await ws.send_message("go")
             try:
                 await trio.sleep_forever()

@@ -21,24 +21,21 @@ never outlives its reader, and its reader never outlives the nursery it runs in.
 from __future__ import annotations
 
 import enum
-import io
 import itertools
 import logging
 import os
 import sys
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import cast
 
 import trio
-from wsproto import WSConnection
-from wsproto.connection import Connection, ConnectionType
-from wsproto.connection import ConnectionState as _WsState
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
-from wsproto.extensions import Extension
+from wsproto import ConnectionType, WSConnection
 
 from ._deflate import PerMessageDeflate
 from ._endpoint import Endpoint, stream_endpoint
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError
+from ._frames import BINARY, CLOSE, MESSAGE, OP_PING, OP_PONG, PING, PONG, TEXT, FrameError, Parser, close_frame, frame
 from ._handshake import (
     PROTOCOL_HEADERS,
     Accepted,
@@ -83,11 +80,6 @@ _CLIENT_CLOSE_GRACE = 1.0  # seconds a closing client waits for the server to cl
 _FAIL_GRACE = 1.0  # seconds a protocol error waits for the application to take earlier messages
 _OWN_RESPONSE_HEADERS = frozenset({b"content-length", b"connection"})
 _OWN_REJECTION_HEADERS = PROTOCOL_HEADERS | _OWN_RESPONSE_HEADERS
-_EXTENSION_ERRORS = {
-    1002: "invalid use of RSV1 (permessage-deflate)",
-    1007: "invalid permessage-deflate data",
-    1009: "message is larger than max_message_size ({} bytes)",
-}
 
 
 class ConnectionState(enum.IntEnum):
@@ -179,8 +171,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._is_client = ws_connection is ConnectionType.CLIENT
         else:
             self._is_client = ws_connection.client
-        # The frame layer (wsproto), once the opening handshake is done.
-        self._proto: Connection | None = None
+        # The frame layer, once the opening handshake is done.
+        self._parser: Parser | None = None
         self._max_message_size = max_message_size
         self._receive_buffer_size = receive_buffer_size
         self._disconnect_timeout = disconnect_timeout
@@ -200,10 +192,6 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._send_lock = trio.StrictFIFOLock()
         self._buffered_amount = 0
         self._send_channel, self._recv_channel = trio.open_memory_channel[str | bytes](message_queue_size)
-        # The message being received, when it came in pieces: its first
-        # piece, then a buffer that grows (see _on_data).
-        self._partial: str | bytes | bytearray | io.StringIO | None = None
-        self._message_size = 0
         self._pings: dict[bytes, _PendingPing] = {}
         self._drained: trio.Event | None = None  # see _let_the_application_answer
         self._delivered = 0  # messages put in the channel...
@@ -381,24 +369,20 @@ class WebSocketConnection(trio.abc.AsyncResource):
         :raises ConnectionClosed: the connection is closed or closing.
         :raises ValueError: ``message`` is of another type.
         """
-        event: TextMessage | BytesMessage
         if isinstance(message, str):
-            event = TextMessage(data=message)
-            size = len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
+            opcode, payload = TEXT, message.encode("utf-8")  # a lone surrogate: UnicodeEncodeError
         elif isinstance(message, bytes):
-            event = BytesMessage(data=message)
-            size = len(message)
+            opcode, payload = BINARY, message
         elif isinstance(message, (bytearray, memoryview)):
-            data = bytes(message)
-            event = BytesMessage(data=data)
-            size = len(data)
+            opcode, payload = BINARY, bytes(message)
         else:
             raise ValueError(f"message must be str, bytes, bytearray or memoryview, not {type(message).__name__}")
         if self._state is not ConnectionState.OPEN:
             raise ConnectionClosed(self._close_reason)
+        size = len(payload)
         self._buffered_amount += size
         try:
-            await self._send_data_event(event)
+            await self._send_frame(opcode, payload)
         finally:
             self._buffered_amount -= size
 
@@ -427,7 +411,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         pending = _PendingPing()
         self._pings[payload] = pending
         try:
-            await self._send_data_event(Ping(payload=payload))
+            await self._send_frame(OP_PING, payload)
             await pending.event.wait()
         finally:
             if self._pings.get(payload) is pending:
@@ -445,7 +429,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             raise ValueError(f"pong payload is {len(data)} bytes; a control frame holds at most 125")
         if self._state is not ConnectionState.OPEN:
             raise ConnectionClosed(self._close_reason)
-        await self._send_data_event(Pong(payload=data))
+        await self._send_frame(OP_PONG, data)
 
     # ------------------------------------------------------------------
     # Closing
@@ -503,7 +487,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             # rule); it also unblocks a reader waiting on a full queue, so
             # that it can see the peer's Close.
             self._recv_channel.close()
-            await self._send_close(CloseConnection(code=code, reason=reason))
+            await self._send_close(code, reason)
         await self._close_handshake_done.wait()
         if self._discard_input and not self._closed_event.is_set():
             # The reader waits for the peer to close TCP: a client because RFC
@@ -598,26 +582,33 @@ class WebSocketConnection(trio.abc.AsyncResource):
             await self._abort("a send was cancelled part way through a frame; the stream cannot be resumed")
             raise
 
-    async def _send_data_event(self, event: Event) -> None:
-        """Send a message, ping or pong: only while OPEN.
+    def _may_send_data(self) -> bool:
+        """No Close frame sent or received yet (data may not follow either)."""
+        return self._parser is not None and not (self._close_sent or self._close_received or self._transport_closed)
 
-        Callers check ``state`` first; under the lock only wsproto's state
-        counts: a frame that got the lock before our Close frame was made may
+    async def _send_frame(self, opcode: int, payload: bytes) -> None:
+        """Send a message, ping or pong: only while no Close has gone either way.
+
+        Callers check ``state`` first; under the lock only the Close frames
+        count: a frame that got the lock before our Close frame was made may
         still go out before it (nothing goes out after it).
         """
         async with self._send_lock:
-            proto = self._proto
-            if proto is None or proto.state is not _WsState.OPEN or self._transport_closed:
+            if not self._may_send_data():
                 raise ConnectionClosed(self._close_reason)
-            await self._write(proto.send(event))
+            deflate = self._deflate
+            if deflate is not None and opcode < 0x8 and deflate.enabled():
+                data = frame(opcode, deflate.deflate(payload), mask=self._is_client, rsv1=True)
+            else:
+                data = frame(opcode, payload, mask=self._is_client)
+            await self._write(data)
 
-    async def _send_close(self, event: CloseConnection) -> None:
+    async def _send_close(self, code: int, reason: str | None) -> None:
         """Send our Close frame, first or in reply; a lost transport just aborts."""
         async with self._send_lock:
-            proto = self._proto
-            if proto is None or proto.state not in (_WsState.OPEN, _WsState.REMOTE_CLOSING) or self._transport_closed:
+            if self._parser is None or self._close_sent or self._transport_closed:
                 return
-            data = proto.send(event)
+            data = close_frame(code, reason, mask=self._is_client)
             self._close_sent = True
             try:
                 await self._write(data)
@@ -670,12 +661,10 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 f"subprotocol {subprotocol!r} was not proposed by the client (it offered {request.subprotocols!r})"
             )
         headers = caller_headers(extra_headers)
-        extensions: list[Extension] = []
         agreed = ""
         if self._deflate is not None:
             for offer in request.extensions:
                 if self._deflate.accept(offer) is not None:  # the first acceptable offer
-                    extensions.append(self._deflate)
                     agreed = self._deflate.header
                     break
         response = ServerHandshake.accept(request, subprotocol, agreed, headers)
@@ -688,7 +677,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
             assert isinstance(self._handshake, ServerHandshake)
             # Frames a client sent with its request (it should have waited for
             # our 101) are not lost: they start the frame parser's input.
-            self._proto = Connection(ConnectionType.SERVER, extensions, self._handshake.trailing_data)
+            self._parser = Parser(client=False, max_message_size=self._max_message_size, deflate=self._deflate)
+            self._parser.feed(self._handshake.trailing_data)
             self._subprotocol = subprotocol
             self._state = ConnectionState.OPEN
         finally:
@@ -788,14 +778,23 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._reader_scope.cancel()
 
     async def _read_loop(self) -> None:
-        if self._proto is None and not await self._read_handshake():
+        if self._parser is None and not await self._read_handshake():
             return
-        proto = self._proto
-        assert proto is not None
+        parser = self._parser
+        assert parser is not None
         stream = self._stream
         size = self._receive_buffer_size
         while True:
-            for event in proto.events():
+            while True:
+                try:
+                    event = parser.next_event()
+                except FrameError as exc:
+                    await self._on_frame_error(exc)
+                    if self._stop_reading:
+                        return
+                    continue
+                if event is None:
+                    break
                 await self._on_event(event)
                 if self._stop_reading:
                     return
@@ -811,7 +810,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 await self._on_eof()
                 return
             if not self._discard_input:
-                proto.receive_data(data)  # type: ignore[arg-type]  # a bytearray works too
+                parser.feed(data)
 
     async def _read_handshake(self) -> bool:
         """Read until the opening handshake has an outcome; ``True`` if the connection opened."""
@@ -838,7 +837,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 await self._decided.wait()
                 # Accepted: read on, even if the handler is already closing
                 # (its closing handshake needs the reader).  Else: stop.
-                return self._proto is not None
+                return self._parser is not None
             if isinstance(outcome, HTTPRequest):
                 self._http_request = outcome
                 self._path = outcome.target
@@ -859,79 +858,38 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
     def _open_client(self, accepted: Accepted) -> None:
         """Client: the server's 101 is valid; agree on extensions, start the frame parser."""
-        extensions: list[Extension] = []
         for item in accepted.extensions:
             name = item.partition(";")[0].strip().lower()
-            if self._deflate is None or name != self._deflate.name or extensions:
+            if self._deflate is None or name != self._deflate.name or self._deflate.enabled():
                 raise HandshakeFailure(0, f"the server accepted an extension we did not offer: {item!r}")
             try:
                 self._deflate.finalize(item)
             except Exception as exc:  # our permessage-deflate refuses the response
                 raise HandshakeFailure(0, f"unacceptable {name} response {item!r}: {exc}") from exc
-            extensions.append(self._deflate)
-        self._proto = Connection(ConnectionType.CLIENT, extensions, accepted.trailing_data)
+        self._parser = Parser(client=True, max_message_size=self._max_message_size, deflate=self._deflate)
+        self._parser.feed(accepted.trailing_data)
         self._subprotocol = accepted.subprotocol
         self._handshake_headers = accepted.headers
         self._state = ConnectionState.OPEN
         self._decided.set()
         self._handshake_done.set()
 
-    async def _on_event(self, event: Event) -> None:
+    async def _on_event(self, event: tuple[int, object]) -> None:
+        kind, payload = event
         # Ordered by how often each event comes.
-        if isinstance(event, (TextMessage, BytesMessage)):
-            await self._on_data(event)
-        elif isinstance(event, Ping):
-            await self._on_ping(event)
-        elif isinstance(event, Pong):
-            self._on_pong(event)
-        elif isinstance(event, CloseConnection):
-            await self._on_close_frame(event)
-        else:  # pragma: no cover - wsproto's Connection has no other events
-            logger.warning("%s ignored unexpected event %r", self, event)
+        if kind == MESSAGE:
+            await self._on_message(payload)  # type: ignore[arg-type]  # str | bytes
+        elif kind == PING:
+            await self._on_ping(payload)  # type: ignore[arg-type]  # bytes
+        elif kind == PONG:
+            self._on_pong(payload)  # type: ignore[arg-type]  # bytes
+        elif kind == CLOSE:
+            code, reason = cast("tuple[int, str]", payload)
+            await self._on_close_frame(code, reason)
 
-    async def _on_data(self, event: TextMessage | BytesMessage) -> None:
+    async def _on_message(self, message: str | bytes) -> None:
         if self._state is not ConnectionState.OPEN:
             return  # closing: data still arriving is dropped
-        data = event.data
-        self._message_size += len(data)
-        if self._message_size > self._max_message_size:
-            self._partial = None
-            self._message_size = 0
-            # Close 1009 and keep reading (and dropping) until the peer's
-            # Close, so that the peer sees our Close frame.  Memory stays at
-            # one receive buffer however much more the peer sends.
-            reason = f"message is larger than max_message_size ({self._max_message_size} bytes)"
-            self._begin_closing(CloseReason(1009, reason))
-            await self._send_close(CloseConnection(code=1009, reason=reason))
-            return
-        partial = self._partial
-        message: str | bytes
-        if partial is None:
-            if not event.message_finished:
-                self._partial = data
-                return
-            message = data if not isinstance(data, bytearray) else bytes(data)
-        else:
-            # Later pieces of a message (fragments, or a frame read in several
-            # chunks) go into one growing buffer: a list of a million one-byte
-            # pieces would cost some fifty times the message's size.
-            if isinstance(partial, str):
-                partial = self._partial = io.StringIO(partial)
-                partial.seek(0, io.SEEK_END)
-            elif isinstance(partial, bytes):
-                partial = self._partial = bytearray(partial)
-            if isinstance(partial, io.StringIO):
-                partial.write(data)  # type: ignore[arg-type]  # text pieces are str
-                if not event.message_finished:
-                    return
-                message = partial.getvalue()
-            else:
-                partial.extend(data)  # type: ignore[arg-type]  # binary pieces are bytes
-                if not event.message_finished:
-                    return
-                message = bytes(partial)
-            self._partial = None
-        self._message_size = 0
         self._delivered += 1
         try:
             try:
@@ -947,17 +905,15 @@ class WebSocketConnection(trio.abc.AsyncResource):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._delivered -= 1  # closed locally meanwhile: nobody will read it
 
-    async def _on_ping(self, event: Ping) -> None:
+    async def _on_ping(self, payload: bytes) -> None:
         async with self._send_lock:
-            proto = self._proto
-            if proto is not None and proto.state is _WsState.OPEN and not self._transport_closed:
+            if self._may_send_data():
                 try:
-                    await self._write(proto.send(event.response()))
+                    await self._write(frame(OP_PONG, payload, mask=self._is_client))
                 except ConnectionClosed:
                     pass
 
-    def _on_pong(self, event: Pong) -> None:
-        payload = bytes(event.payload)
+    def _on_pong(self, payload: bytes) -> None:
         if payload not in self._pings:
             return  # unsolicited, or for a ping that was cancelled
         # A pong answers its ping and every ping sent before it.
@@ -968,37 +924,42 @@ class WebSocketConnection(trio.abc.AsyncResource):
             if key == payload:
                 break
 
-    async def _on_close_frame(self, event: CloseConnection) -> None:
-        assert self._proto is not None
-        state = self._proto.state
-        if state is _WsState.REMOTE_CLOSING:
-            # The peer starts the closing handshake: answer with the same code.
-            self._close_received = True
-            self._begin_closing(CloseReason(int(event.code), event.reason or None))
-            await self._send_close(event.response())
-        elif state is _WsState.CLOSED:
-            # The peer's answer to our Close.
-            self._close_received = True
-        else:
-            # wsproto reports a protocol violation by the peer as a
-            # CloseConnection event without changing state (its parser has
-            # stopped).  Fail the connection with that code (1002, 1007,
-            # 1009 from the inflater...).
-            await self._let_the_application_answer()
-            code, reason = int(event.code), event.reason or None
-            if reason == "error in extension":  # wsproto's words for what permessage-deflate refused
-                reason = _EXTENSION_ERRORS.get(code, reason).format(self._max_message_size)
-            self._begin_closing(CloseReason(code, reason))
-            await self._send_close(CloseConnection(code=code, reason=reason))
-            self._close_handshake_done.set()
-            # Nothing more will be parsed, but closing TCP with unread data
-            # would send a reset, and the peer could lose our Close frame.  So
-            # end our side (FIN) and drop what comes until the peer closes,
-            # briefly.
-            self._discard_input = True
-            await self._half_close()
-            self._shorten_reader_deadline(_FAIL_GRACE)
+    async def _on_frame_error(self, error: FrameError) -> None:
+        """The peer broke the protocol (or sent too big a message): close with the RFC's code."""
+        if not error.fatal:
+            # 1009: close, and keep reading (and dropping) until the peer's
+            # Close, so that the peer sees our Close frame.  Memory stays at
+            # one receive buffer however much more the peer sends.
+            if self._state is ConnectionState.OPEN:
+                self._begin_closing(CloseReason(error.code, error.reason))
+                await self._send_close(error.code, error.reason)
             return
+        if self._close_sent:
+            # Garbage after our Close: nothing more to say; wait for the
+            # transport to end (bounded by the closing deadline).
+            self._discard_input = True
+            return
+        # Nothing after the fault is parsed (the parser has stopped).  Fail
+        # the connection with that code (1002, 1007...).
+        await self._let_the_application_answer()
+        self._begin_closing(CloseReason(error.code, error.reason))
+        await self._send_close(error.code, error.reason)
+        self._close_handshake_done.set()
+        # Nothing more will be parsed, but closing TCP with unread data
+        # would send a reset, and the peer could lose our Close frame.  So
+        # end our side (FIN) and drop what comes until the peer closes,
+        # briefly.
+        self._discard_input = True
+        await self._half_close()
+        self._shorten_reader_deadline(_FAIL_GRACE)
+
+    async def _on_close_frame(self, code: int, reason: str) -> None:
+        self._close_received = True
+        if not self._close_sent:
+            # The peer starts the closing handshake: answer with the same code.
+            self._begin_closing(CloseReason(code, reason or None))
+            await self._send_close(code, reason)
+        # Else it is the peer's answer to our Close.
         self._close_handshake_done.set()
         # RFC 6455 7.1.1: the server closes TCP first; a client reads on (and
         # drops what comes) until it does, for a bounded time: at most

@@ -1,11 +1,11 @@
-"""permessage-deflate (RFC 7692), as a wsproto extension.
+"""permessage-deflate (RFC 7692): negotiation, and compression for the framing layer.
 
-wsproto ships one, but it inflates without a limit (a small frame can expand
-to gigabytes before anybody checks a size), accepts parameters RFC 7692 says
-to decline (unknown names, duplicates, bad values), mixes up state across
-several offers in one request, and cannot be told to avoid the 8-bit window
-that zlib cannot produce.  This one fixes those points and keeps the
-interface wsproto expects, so the framing layer stays wsproto's.
+wsproto ships an implementation, but it inflates without a limit (a small
+frame can expand to gigabytes before anybody checks a size), accepts
+parameters RFC 7692 says to decline (unknown names, duplicates, bad values),
+mixes up state across several offers in one request, and cannot be told to
+avoid the 8-bit window that zlib cannot produce.  This one fixes those
+points; ``_frames.Parser`` calls it for every compressed message.
 
 Inflation is bounded by ``max_message_size`` as it happens: binary output by
 bytes, text output by characters (the unit ``len()`` uses for ``str``), so a
@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-
-from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason as Code
-from wsproto.frame_protocol import FrameDecoder, FrameProtocol, Opcode, RsvBits
 
 __all__ = ["PerMessageDeflate", "parse_parameters"]
 
@@ -77,7 +73,7 @@ class _Agreement:
     header: str = NAME  # the Sec-WebSocket-Extensions value agreed on
 
 
-class PerMessageDeflate(Extension):
+class PerMessageDeflate:
     """permessage-deflate for one connection (a new instance per connection)."""
 
     name = NAME
@@ -91,12 +87,7 @@ class PerMessageDeflate(Extension):
         # Created on first use, so that an idle connection costs no zlib memory.
         self._deflater: zlib._Compress | None = None
         self._inflater: zlib._Decompress | None = None
-        # The message being received: is it compressed, is it text, how much came out.
-        self._in_message = False
-        self._compressed = False
-        self._text = False
-        self._output = 0
-        self._control = False  # the frame being received is a control frame
+        self._text = False  # the compressed message being received is text
 
     @property
     def header(self) -> str:
@@ -162,83 +153,60 @@ class PerMessageDeflate(Extension):
 
     # --- receiving ---------------------------------------------------------------
 
-    def frame_inbound_header(
-        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
-    ) -> Code | RsvBits:
-        if rsv.rsv1 and (opcode.iscontrol() or opcode is Opcode.CONTINUATION):
-            return Code.PROTOCOL_ERROR  # only a message's first frame may say "compressed"
-        # A control frame may come between two fragments of a message: its
-        # payload and its FIN are its own, not the message's.
-        self._control = opcode.iscontrol()
-        if self._control:
-            return RsvBits(False, False, False)
-        if not self._in_message:
-            # The first frame of a message (a continuation frame here means a
-            # protocol error, which wsproto reports after this call).
-            self._in_message = True
-            self._compressed = rsv.rsv1
-            self._text = opcode is Opcode.TEXT
-            self._output = 0
-        return RsvBits(True, False, False)
+    def start_inbound(self, *, text: bool) -> None:
+        """A compressed message begins (its first frame had RSV1 set)."""
+        self._text = text
 
-    def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | Code:
-        if self._control or not self._compressed or not self._in_message:
-            return data
-        return self._inflate(data)
+    def inflate(self, data: bytes, room: int, last: bool) -> bytes | int:
+        """Inflate a piece of the message; ``last``: the message ends with it.
 
-    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | Code | None:
-        if self._control or not fin or not self._in_message:
-            return None
-        self._in_message = False
-        if not self._compressed:
-            return None
-        result = self._inflate(_TAIL)
-        if self._agreement is not None and self._agreement.receive_reset:
-            self._inflater = None
-        return result
-
-    def _inflate(self, data: bytes) -> bytes | Code:
+        ``room`` is how much more the message may grow (max_message_size
+        minus what came so far): output stops at one unit past it, and the
+        result is then 1009.  Bad compressed data gives 1007.  Units are bytes
+        for binary messages and characters for text (``len()``'s).
+        """
         if self._inflater is None:
             # A window of 2**15 inflates whatever window the peer compresses with.
             self._inflater = zlib.decompressobj(-_MAX_BITS)
+        result = self._inflate(data + _TAIL if last else data, room)
+        return result
+
+    def end_inbound(self) -> None:
+        """The compressed message ended (completely, or dropped after an error)."""
+        if self._agreement is not None and self._agreement.receive_reset:
+            self._inflater = None
+
+    def _inflate(self, data: bytes, room: int) -> bytes | int:
         inflater = self._inflater
+        assert inflater is not None
         pieces: list[bytes] = []
+        produced = 0
         while True:
-            room = self._max_message_size - self._output
             try:
                 # At most room + 1 bytes out: one byte past the limit is enough to know.
-                out = inflater.decompress(data, room + 1)
+                out = inflater.decompress(data, max(room - produced, 0) + 1)
             except zlib.error:
-                return Code.INVALID_FRAME_PAYLOAD_DATA
+                return 1007
             data = inflater.unconsumed_tail
-            self._output += len(out) if not self._text else len(out.translate(None, _CONTINUATION))
-            if self._output > self._max_message_size:
-                return Code.MESSAGE_TOO_BIG
+            produced += len(out) if not self._text else len(out.translate(None, _CONTINUATION))
+            if produced > room:
+                return 1009
             pieces.append(out)
             if not data:
                 return b"".join(pieces) if len(pieces) != 1 else pieces[0]
 
-    # --- sending -------------------------------------------------------------------
-
-    def frame_outbound(
-        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, data: bytes, fin: bool
-    ) -> tuple[RsvBits, bytes]:
-        if opcode.iscontrol():
-            return rsv, data
+    def deflate(self, data: bytes) -> bytes:
+        """The compressed payload of a whole message (sent with RSV1 set)."""
         agreement = self._agreement
-        assert agreement is not None  # wsproto only calls enabled extensions
+        assert agreement is not None
         if self._deflater is None:
             self._deflater = zlib.compressobj(self._level, zlib.DEFLATED, -agreement.send_bits, self._mem_level)
-        compressed = self._deflater.compress(data)
-        if fin:
-            compressed += self._deflater.flush(zlib.Z_SYNC_FLUSH)
-            if compressed.endswith(_TAIL):
-                compressed = compressed[:-4]
-            if agreement.send_reset:
-                self._deflater = None
-        if opcode is not Opcode.CONTINUATION:
-            rsv = RsvBits(True, rsv.rsv2, rsv.rsv3)
-        return rsv, compressed
+        compressed = self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
+        if compressed.endswith(_TAIL):
+            compressed = compressed[:-4]
+        if agreement.send_reset:
+            self._deflater = None
+        return compressed
 
     def __repr__(self) -> str:
         return f"<PerMessageDeflate {self.header or 'not negotiated'}>"
