@@ -71,6 +71,53 @@ async def test_send_invalid_type() -> None:
             await client.send_message(None)  # type: ignore[arg-type]
 
 
+async def test_negative_message_queue_size_is_refused(echo_server: WebSocketServer) -> None:
+    # trio-websocket gets this ValueError from trio.open_memory_channel.
+    with pytest.raises(ValueError, match="message_queue_size"):
+        async with open_websocket(HOST, echo_server.port, "/", use_ssl=False, message_queue_size=-1):
+            pass  # pragma: no cover
+
+
+async def test_queue_of_zero_still_delivers_in_order() -> None:
+    async with websocket_pair(message_queue_size=0) as (client, server), trio.open_nursery() as nursery:
+
+        async def send_then_close() -> None:
+            for i in range(20):
+                await server.send_message(str(i))
+            await server.aclose(1000, "done")  # answered once the client has read up to it
+
+        nursery.start_soon(send_then_close)
+        assert [await client.get_message() for _ in range(20)] == [str(i) for i in range(20)]
+        with pytest.raises(ConnectionClosed) as info:
+            await client.get_message()
+        assert info.value.reason is not None
+        assert info.value.reason.code == 1000
+
+
+async def test_ping_behind_a_full_queue_is_answered() -> None:
+    """Messages, a Ping and a Close in one read, to a client with a queue of 1: the Ping that
+    get_message() finds while the reader is paused goes to the reader, which answers it."""
+    got: list[tuple[int, bytes]] = []
+
+    async def script(peer: RawServerPeer) -> None:
+        await peer.accept()
+        data = frame(0x1, b"a", mask=False) + frame(0x1, b"b", mask=False) + frame(0x9, b"p", mask=False)
+        await peer.stream.send_all(data + frame(0x8, close_payload(1000), mask=False))
+        while True:
+            got.append(await peer.receive_frame())
+            if got[-1][0] == 0x8:
+                break
+
+    async with trio.open_nursery() as nursery:
+        port = await start_raw_server(nursery, script)
+        async with open_websocket(HOST, port, "/", use_ssl=False, message_queue_size=1) as ws:
+            assert [await ws.get_message(), await ws.get_message()] == ["a", "b"]
+            with pytest.raises(ConnectionClosed):
+                await ws.get_message()
+        nursery.cancel_scope.cancel()
+    assert got == [(0xA, b"p"), (0x8, close_payload(1000))]
+
+
 async def test_large_messages_and_no_interleaving() -> None:
     big_a = b"a" * 300_000
     big_b = "b" * 300_000

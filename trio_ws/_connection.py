@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import cast
@@ -78,6 +79,8 @@ _MAX_CLOSE_REASON_BYTES = 123  # 125-byte control frame payload minus the 2-byte
 _MAX_REJECT_BODY = 2**16  # how much of a rejection's body a client keeps
 _CLIENT_CLOSE_GRACE = 1.0  # seconds a closing client waits for the server to close TCP
 _FAIL_GRACE = 1.0  # seconds a protocol error waits for the application to take earlier messages
+_MAX_READ = 2**20  # the largest single read, inside a large frame
+_MORE_WAITING_READ = 2**16  # the read size after a read that filled receive_buffer_size
 _OWN_RESPONSE_HEADERS = frozenset({b"content-length", b"connection"})
 _OWN_REJECTION_HEADERS = PROTOCOL_HEADERS | _OWN_RESPONSE_HEADERS
 
@@ -191,10 +194,25 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
         self._send_lock = trio.StrictFIFOLock()
         self._buffered_amount = 0
-        self._send_channel, self._recv_channel = trio.open_memory_channel[str | bytes](message_queue_size)
+        # Received messages waiting for get_message().  As with
+        # trio-websocket's channel of message_queue_size plus the one message
+        # its reader holds while it waits, the reader stops reading (TCP then
+        # pushes back on the peer) once it holds more than message_queue_size;
+        # get_message() then parses what is already buffered itself, so that
+        # a small queue does not cost a task switch per message.
+        self._inbox: deque[str | bytes] = deque()
+        if message_queue_size < 0:  # as trio.open_memory_channel, which trio-websocket uses
+            raise ValueError("message_queue_size must be >= 0")
+        self._inbox_limit = message_queue_size
+        self._inbox_waiters = trio.lowlevel.ParkingLot()
+        self._incoming_done = False  # no message will be added (the peer closed, or the transport)
+        self._inbox_dropped = False  # closed locally: unread messages were dropped
+        self._resume: trio.Event | None = None  # set to wake the reader, paused on a full inbox
+        self._parsing = False  # a task is running the parser
+        self._stash: tuple[int, object] | FrameError | None = None  # for the reader to handle
         self._pings: dict[bytes, _PendingPing] = {}
         self._drained: trio.Event | None = None  # see _let_the_application_answer
-        self._delivered = 0  # messages put in the channel...
+        self._delivered = 0  # messages put in the inbox...
         self._taken = 0  # ... and returned by get_message()
 
         # Set when the opening handshake has an outcome: the client has its
@@ -350,14 +368,57 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
         :raises ConnectionClosed: the connection is closed.
         """
-        try:
-            message = await self._recv_channel.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise ConnectionClosed(self._close_reason) from None
+        inbox = self._inbox
+        while not inbox:
+            if self._incoming_done or self._inbox_dropped:
+                await trio.lowlevel.checkpoint()
+                raise ConnectionClosed(self._close_reason)
+            await self._inbox_waiters.park()
+        # A message is here: a cancel point, not a schedule point (the caller
+        # yields soon enough, in send_message or when the inbox runs dry).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        message = inbox.popleft()
         self._taken += 1
         if self._drained is not None and self._taken >= self._delivered:
             self._drained.set()
+        resume = self._resume
+        if resume is not None and not resume.is_set() and not self._parsing:
+            # The reader is paused on a full inbox (and not already woken to
+            # handle something _refill left it): parse on here.
+            await self._refill()
         return message
+
+    async def _refill(self) -> None:
+        """Parse what the reader left buffered when the inbox was full, in the caller's task.
+
+        Messages and pongs are handled here.  Whatever needs a write (a
+        ping to answer, a Close), a protocol error, or the need for more bytes
+        is left to the reader, woken for it: get_message() never writes, so a
+        cancelled get_message() can never abort the connection half way
+        through a frame.
+        """
+        parser = self._parser
+        assert parser is not None
+        self._parsing = True
+        try:
+            while len(self._inbox) <= self._inbox_limit:
+                try:
+                    event = parser.next_event()
+                except FrameError as exc:
+                    self._stash = exc
+                    break
+                if event is None:
+                    break
+                if event[0] == CLOSE or event[0] == PING:
+                    self._stash = event
+                    break
+                await self._on_event(event)
+            else:
+                return  # full again: the reader stays paused
+        finally:
+            self._parsing = False
+        if self._resume is not None:
+            self._resume.set()
 
     async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send a message: ``str`` as text, ``bytes``/``bytearray``/``memoryview`` as binary.
@@ -486,7 +547,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             # A local close drops the messages nobody read (trio-websocket's
             # rule); it also unblocks a reader waiting on a full queue, so
             # that it can see the peer's Close.
-            self._recv_channel.close()
+            self._drop_inbox()
             await self._send_close(code, reason)
         await self._close_handshake_done.wait()
         if self._discard_input and not self._closed_event.is_set():
@@ -504,13 +565,27 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._close_reason = reason
         if self._state is ConnectionState.OPEN:
             self._state = ConnectionState.CLOSING
-        self._send_channel.close()
+        self._end_incoming()
         self._fail_pings()
         # Bound whatever the reader still has to do (wait for the peer's Close,
         # or for the server to close TCP) by the disconnect timeout.
         scope = self._reader_scope
         if scope is not None and scope.deadline == float("inf"):
             scope.deadline = trio.current_time() + self._disconnect_timeout
+
+    def _end_incoming(self) -> None:
+        """No more messages will arrive: readers get those queued, then ConnectionClosed."""
+        self._incoming_done = True
+        self._inbox_waiters.unpark_all()
+        if self._resume is not None:
+            self._resume.set()
+
+    def _drop_inbox(self) -> None:
+        """A local close: unread messages are dropped; get_message() raises at once."""
+        self._inbox_dropped = True
+        self._inbox.clear()
+        self._delivered = self._taken
+        self._end_incoming()
 
     def _fail_pings(self) -> None:
         for pending in self._pings.values():
@@ -529,7 +604,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._close_reason = CloseReason(1006, "the connection closed")
         self._close_reason._was_clean = self._close_sent and self._close_received
         self._state = ConnectionState.CLOSED
-        self._send_channel.close()
+        self._end_incoming()
         self._fail_pings()
         self._handshake_done.set()
         self._decided.set()
@@ -593,7 +668,15 @@ class WebSocketConnection(trio.abc.AsyncResource):
         count: a frame that got the lock before our Close frame was made may
         still go out before it (nothing goes out after it).
         """
-        async with self._send_lock:
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            # Uncontended: take it without a schedule point; send_all() below
+            # is this call's schedule point (one per frame, as a raw stream).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lock.acquire_nowait()
+        try:
             if not self._may_send_data():
                 raise ConnectionClosed(self._close_reason)
             deflate = self._deflate
@@ -602,6 +685,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
             else:
                 data = frame(opcode, payload, mask=self._is_client)
             await self._write(data)
+        finally:
+            lock.release()
 
     async def _send_close(self, code: int, reason: str | None) -> None:
         """Send our Close frame, first or in reply; a lost transport just aborts."""
@@ -784,10 +869,17 @@ class WebSocketConnection(trio.abc.AsyncResource):
         assert parser is not None
         stream = self._stream
         size = self._receive_buffer_size
+        inbox = self._inbox
         while True:
             while True:
+                stash, self._stash = self._stash, None
                 try:
-                    event = parser.next_event()
+                    if stash is None:
+                        event = parser.next_event()
+                    elif isinstance(stash, FrameError):
+                        raise stash
+                    else:
+                        event = stash
                 except FrameError as exc:
                     await self._on_frame_error(exc)
                     if self._stop_reading:
@@ -798,10 +890,27 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 await self._on_event(event)
                 if self._stop_reading:
                     return
+                if len(inbox) > self._inbox_limit and not self._incoming_done:
+                    # The application is behind: stop reading, so that TCP
+                    # makes the peer wait.  get_message() parses on.
+                    self._resume = trio.Event()
+                    self._reader_blocked = True
+                    try:
+                        await self._resume.wait()
+                    finally:
+                        self._reader_blocked = False
+                        self._resume = None
             if self._stop_reading or self._state is ConnectionState.CLOSED:
                 return
+            # Read more at once inside a large frame, and after a read that
+            # filled the buffer (more is waiting): fewer trips through trio.
+            # Memory stays bounded: by the frame (at most max_message_size)
+            # and by a cap.
+            read_size = size
+            if size is not None and parser.wants > size:
+                read_size = min(parser.wants, _MAX_READ)
             try:
-                data = await stream.receive_some(size)
+                data = await stream.receive_some(read_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if not self._transport_closed:
                     await self._abort(f"the transport failed ({_describe(exc)})")
@@ -811,6 +920,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 return
             if not self._discard_input:
                 parser.feed(data)
+                if size is not None:
+                    if len(data) == read_size and size < _MORE_WAITING_READ:
+                        size = _MORE_WAITING_READ
+                    elif size != self._receive_buffer_size and len(data) < size // 2:
+                        size = self._receive_buffer_size
 
     async def _read_handshake(self) -> bool:
         """Read until the opening handshake has an outcome; ``True`` if the connection opened."""
@@ -890,20 +1004,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
     async def _on_message(self, message: str | bytes) -> None:
         if self._state is not ConnectionState.OPEN:
             return  # closing: data still arriving is dropped
+        if self._inbox_dropped:
+            return
         self._delivered += 1
-        try:
-            try:
-                self._send_channel.send_nowait(message)
-            except trio.WouldBlock:
-                # The queue is full: wait for the application (and, by not
-                # reading meanwhile, make TCP push back on the peer).
-                self._reader_blocked = True
-                try:
-                    await self._send_channel.send(message)
-                finally:
-                    self._reader_blocked = False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._delivered -= 1  # closed locally meanwhile: nobody will read it
+        self._inbox.append(message)
+        self._inbox_waiters.unpark()
 
     async def _on_ping(self, payload: bytes) -> None:
         async with self._send_lock:

@@ -56,7 +56,7 @@ def parse_parameters(header_value: str) -> dict[str, str | None]:
             if value is None:
                 if key == "server_max_window_bits":
                     raise _Declined("server_max_window_bits needs a value")
-            elif not (value.isdigit() and len(value) <= 2 and 8 <= int(value) <= 15):
+            elif not (value.isascii() and value.isdigit() and len(value) <= 2 and 8 <= int(value) <= 15):
                 raise _Declined(f"{key}={value!r}: must be 8 to 15")
         else:
             raise _Declined(f"unknown parameter {key}")

@@ -105,7 +105,7 @@ async def websocket_pair(
             # Nobody reads the server side after the block: drop what is left,
             # so that a reader waiting on a full queue sees the client's Close,
             # and bound whatever else it has to do.
-            server._recv_channel.close()
+            server._drop_inbox()
             scope = server._reader_scope
             if scope is not None and scope.deadline == float("inf"):
                 scope.deadline = trio.current_time() + disconnect_timeout
