@@ -1,10 +1,11 @@
 """WebSocketConnection: one WebSocket over one trio stream, client or server alike.
 
-wsproto turns bytes into events and events into bytes; this module does the
-I/O around it.  One reader task per connection reads the stream, feeds
-wsproto and acts on each event: complete messages go into a bounded memory
-channel (so a slow reader stops the reader task, and TCP pushes back on the
-peer), pings are answered, a Close is answered and ends the connection.
+The frame parser (``_frames``) turns bytes into events; this module does the
+I/O around it.  One reader task per connection reads the stream, feeds the
+parser and acts on each event: complete messages go into a bounded inbox
+(when it is full the reader stops reading, so TCP pushes back on the peer,
+and get_message() parses on by itself), pings are answered, a Close is
+answered and ends the connection.
 Writers (``send_message``, ``ping``, the reader's own pongs) take a FIFO lock,
 so frames never interleave and nothing is sent after our Close frame.
 
@@ -25,7 +26,6 @@ import itertools
 import logging
 import os
 import sys
-from collections import deque
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import cast
@@ -130,11 +130,87 @@ def _handling_exception() -> bool:
     return sys.exc_info()[1] is not None
 
 
+class _Flag:
+    """A one-shot event, as ``trio.Event``, whose ParkingLot is made only if a task waits.
+
+    A connection holds several that are set once and mostly never waited
+    on; with a ``trio.Event`` (and its lot) each cost about 400 bytes for
+    every idle connection.
+    """
+
+    __slots__ = ("_is_set", "_lot")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._lot: trio.lowlevel.ParkingLot | None = None
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    def set(self) -> None:
+        if not self._is_set:
+            self._is_set = True
+            if self._lot is not None:
+                self._lot.unpark_all()
+                self._lot = None
+
+    async def wait(self) -> None:
+        if self._is_set:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
+        await self._lot.park()
+
+
+class _SendLock:
+    """A FIFO lock, as ``trio.StrictFIFOLock``, whose ParkingLot is made only on contention.
+
+    Frames must go out whole and in order, so sends take this lock; most
+    connections never contend for it.  No ownership checks: only this
+    module takes it, always with try/finally or ``async with``.
+    """
+
+    __slots__ = ("_locked", "_lot")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._lot: trio.lowlevel.ParkingLot | None = None
+
+    def locked(self) -> bool:
+        return self._locked
+
+    def acquire_nowait(self) -> None:
+        assert not self._locked
+        self._locked = True
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._locked:
+            self._locked = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
+        await self._lot.park()  # release() hands the lock over: still locked, now ours
+
+    def release(self) -> None:
+        assert self._locked
+        if not (self._lot is not None and self._lot.unpark()):
+            self._locked = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class _PendingPing:
     __slots__ = ("event", "ponged")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.event = _Flag()
         self.ponged = False
 
 
@@ -147,6 +223,64 @@ class WebSocketConnection(trio.abc.AsyncResource):
     """
 
     CONNECTION_ID = itertools.count()
+
+    # Slots: about 2 KiB less per connection than an instance dict of this
+    # size.  __dict__ stays, so that applications may still add attributes
+    # (as they could to trio-websocket's connections), at no cost until they do.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_buffered_amount",
+        "_close_handshake_done",
+        "_close_reason",
+        "_close_received",
+        "_close_sent",
+        "_close_timed_out",
+        "_closed_event",
+        "_decided",
+        "_decision_made",
+        "_deflate",
+        "_delivered",
+        "_discard_input",
+        "_disconnect_timeout",
+        "_drained",
+        "_handshake",
+        "_handshake_done",
+        "_handshake_error",
+        "_handshake_headers",
+        "_host",
+        "_http_request",
+        "_id",
+        "_inbox",
+        "_inbox_dropped",
+        "_inbox_limit",
+        "_inbox_waiters",
+        "_incoming_done",
+        "_is_client",
+        "_latency",
+        "_local",
+        "_max_message_size",
+        "_parser",
+        "_parsing",
+        "_path",
+        "_ping_interval",
+        "_ping_timeout",
+        "_pings",
+        "_reader_blocked",
+        "_reader_scope",
+        "_receive_buffer_size",
+        "_remote",
+        "_request",
+        "_resume",
+        "_send_lock",
+        "_stash",
+        "_state",
+        "_stop_reading",
+        "_stream",
+        "_subprotocol",
+        "_taken",
+        "_transport_closed",
+    )
 
     def __init__(
         self,
@@ -192,7 +326,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._transport_closed = False
         self._close_timed_out = False  # the closing handshake ran out of time
 
-        self._send_lock = trio.StrictFIFOLock()
+        self._send_lock = _SendLock()
         self._buffered_amount = 0
         # Received messages waiting for get_message().  As with
         # trio-websocket's channel of message_queue_size plus the one message
@@ -200,33 +334,33 @@ class WebSocketConnection(trio.abc.AsyncResource):
         # pushes back on the peer) once it holds more than message_queue_size;
         # get_message() then parses what is already buffered itself, so that
         # a small queue does not cost a task switch per message.
-        self._inbox: deque[str | bytes] = deque()
+        self._inbox: list[str | bytes] = []  # a deque's first block alone is 600 bytes
         if message_queue_size < 0:  # as trio.open_memory_channel, which trio-websocket uses
             raise ValueError("message_queue_size must be >= 0")
         self._inbox_limit = message_queue_size
         self._inbox_waiters = trio.lowlevel.ParkingLot()
         self._incoming_done = False  # no message will be added (the peer closed, or the transport)
         self._inbox_dropped = False  # closed locally: unread messages were dropped
-        self._resume: trio.Event | None = None  # set to wake the reader, paused on a full inbox
+        self._resume: _Flag | None = None  # set to wake the reader, paused on a full inbox
         self._parsing = False  # a task is running the parser
         self._stash: tuple[int, object] | FrameError | None = None  # for the reader to handle
         self._pings: dict[bytes, _PendingPing] = {}
-        self._drained: trio.Event | None = None  # see _let_the_application_answer
+        self._drained: _Flag | None = None  # see _let_the_application_answer
         self._delivered = 0  # messages put in the inbox...
         self._taken = 0  # ... and returned by get_message()
 
         # Set when the opening handshake has an outcome: the client has its
         # response, the server has the client's request (or either failed).
-        self._handshake_done = trio.Event()
+        self._handshake_done = _Flag()
         self._handshake_error: BaseException | None = None
         # Server: set once the handler accepted or rejected; until then the
         # reader does not read past the request.
-        self._decided = trio.Event()
+        self._decided = _Flag()
         self._decision_made = False
         # Set once the peer's Close frame has arrived or the transport is gone:
         # what a local close waits for.
-        self._close_handshake_done = trio.Event()
-        self._closed_event = trio.Event()
+        self._close_handshake_done = _Flag()
+        self._closed_event = _Flag()
         self._reader_scope: trio.CancelScope | None = None
         self._stop_reading = False  # the reader leaves its loop at the next turn
         self._discard_input = False  # read only to see EOF (client after a close)
@@ -247,7 +381,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._local: Endpoint | str | None = None
         self._remote: Endpoint | str | None = None
 
-        self._handshake: ClientHandshake | ServerHandshake
+        # The HTTP side of the opening handshake; dropped once the connection
+        # is open (its h11 state is about 2 KiB an idle connection need not keep).
+        self._handshake: ClientHandshake | ServerHandshake | None
         if self._is_client:
             if host is None or path is None:
                 raise TypeError("a client connection needs host and path")
@@ -377,7 +513,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         # A message is here: a cancel point, not a schedule point (the caller
         # yields soon enough, in send_message or when the inbox runs dry).
         await trio.lowlevel.checkpoint_if_cancelled()
-        message = inbox.popleft()
+        message = inbox.pop(0)
         self._taken += 1
         if self._drained is not None and self._taken >= self._delivered:
             self._drained.set()
@@ -764,6 +900,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             # our 101) are not lost: they start the frame parser's input.
             self._parser = Parser(client=False, max_message_size=self._max_message_size, deflate=self._deflate)
             self._parser.feed(self._handshake.trailing_data)
+            self._handshake = None
             self._subprotocol = subprotocol
             self._state = ConnectionState.OPEN
         finally:
@@ -893,7 +1030,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 if len(inbox) > self._inbox_limit and not self._incoming_done:
                     # The application is behind: stop reading, so that TCP
                     # makes the peer wait.  get_message() parses on.
-                    self._resume = trio.Event()
+                    self._resume = _Flag()
                     self._reader_blocked = True
                     try:
                         await self._resume.wait()
@@ -929,6 +1066,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
     async def _read_handshake(self) -> bool:
         """Read until the opening handshake has an outcome; ``True`` if the connection opened."""
         handshake = self._handshake
+        assert handshake is not None
         while True:
             try:
                 data = await self._stream.receive_some(self._receive_buffer_size)
@@ -982,6 +1120,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 raise HandshakeFailure(0, f"unacceptable {name} response {item!r}: {exc}") from exc
         self._parser = Parser(client=True, max_message_size=self._max_message_size, deflate=self._deflate)
         self._parser.feed(accepted.trailing_data)
+        self._handshake = None
         self._subprotocol = accepted.subprotocol
         self._handshake_headers = accepted.headers
         self._state = ConnectionState.OPEN
@@ -1119,13 +1258,13 @@ class WebSocketConnection(trio.abc.AsyncResource):
         its response) expects the answers to leave before our Close frame, and
         RFC 6455 test suites check exactly that.  So wait, briefly, until the
         application has taken every message (counted when get_message()
-        returns, not when the channel hands it over: the receiving task may
+        returns, not when it enters the inbox: the receiving task may
         not have run yet), then yield once: the task that took the last
         message has started its reply and holds the send lock, so our Close
         queues behind it.
         """
         if self._taken < self._delivered:
-            self._drained = trio.Event()
+            self._drained = _Flag()
             with trio.move_on_after(_FAIL_GRACE):
                 await self._drained.wait()
             self._drained = None

@@ -106,8 +106,8 @@ class PerMessageDeflate:
     def accept(self, offer: str) -> str | None:
         """Server: the response parameters for an offer, or ``None`` to decline it.
 
-        wsproto calls this once per offer in the request; the first acceptable
-        one wins, later ones are declined.
+        The server's accept() calls this once per offer in the request, in
+        order; the first acceptable one wins, later ones are declined.
         """
         if self._agreement is not None:
             return None

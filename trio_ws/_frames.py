@@ -93,6 +93,27 @@ def _utf8(data: bytes) -> str:
 class Parser:
     """Reads frames from the peer and turns them into events."""
 
+    __slots__ = (
+        "_buf",
+        "_dead",
+        "_decoder",
+        "_deflate",
+        "_discarding",
+        "_expect_mask",
+        "_frame_done",
+        "_frame_fin",
+        "_frame_key",
+        "_frame_left",
+        "_frame_op",
+        "_max",
+        "_msg_bytes",
+        "_msg_compressed",
+        "_msg_op",
+        "_msg_size",
+        "_msg_text",
+        "_pos",
+    )
+
     def __init__(self, *, client: bool, max_message_size: int, deflate: PerMessageDeflate | None = None) -> None:
         # A server's frames come unmasked to a client; a client's masked to a server.
         self._expect_mask = not client

@@ -10,7 +10,7 @@ wsproto has a handshake layer too, but doing it here lets us
 - keep the frames a peer sent right behind its handshake;
 - negotiate extensions through our own permessage-deflate, offer by offer.
 
-After the handshake, frames go through wsproto's ``Connection``.
+After the handshake, frames go through our parser (``_frames``).
 """
 
 from __future__ import annotations

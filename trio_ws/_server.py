@@ -65,6 +65,8 @@ class WebSocketRequest:
     connection) or :meth:`reject` (which sends an HTTP response).
     """
 
+    __slots__ = ("__dict__", "__weakref__", "_connection", "_event")  # __dict__: applications may add attributes
+
     def __init__(self, connection: WebSocketConnection, event: UpgradeRequest) -> None:
         self._connection = connection
         self._event = event
@@ -437,17 +439,20 @@ class WebSocketServer:
         await trio.aclose_forcefully(stream)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
-        with trio.CancelScope() as scope:
+        # The connection's nursery (its reader runs there) is also what
+        # aclose() cancels: no extra cancel scope per connection.
+        async with trio.open_nursery() as nursery:
+            scope = nursery.cancel_scope
             self._tasks.add(scope)
             try:
-                await self._serve_connection(stream)
+                await self._serve_connection(stream, nursery)
             finally:
                 self._tasks.discard(scope)
                 if not self._tasks:
                     self._idle.set()
                     self._idle = trio.Event()
 
-    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
         connection = WebSocketConnection(
             stream,
             WSConnection(ConnectionType.SERVER),
@@ -460,30 +465,29 @@ class WebSocketServer:
             ping_timeout=self._ping_timeout,
         )
         self._connections.add(connection)
-        async with trio.open_nursery() as nursery:
-            # Shielded: on server shutdown the reader must live on for the
-            # 1001 closing handshake; the finally clause below stops it.
-            nursery.start_soon(connection._reader_task, True)
-            why = "the opening handshake did not complete within connect_timeout"
-            try:
-                event = None
-                with trio.move_on_after(self._connect_timeout):
-                    event = await connection._get_request()
-                if isinstance(event, HTTPRequest):
-                    why = "a plain HTTP request was answered"
-                    await _answer_http(connection, event, self._http_handler)
-                elif event is not None and not _origin_allowed(event.origin, self._origins):
-                    why = "the request's origin is not allowed"
-                    logger.info("%s: refused a WebSocket from origin %r", connection, event.origin)
-                    await connection._respond(403, [(b"content-type", b"text/plain")], _FORBIDDEN_ORIGIN)
-                elif event is not None:
-                    why = "the connection's handler ended"
-                    await self._run_handler(connection, WebSocketRequest(connection, event))
-            finally:
-                # Normally closed already; this covers timeouts and cancellation.
-                self._connections.discard(connection)
-                await connection._abort(why)
-                connection._stop_reader()
+        # Shielded: on server shutdown the reader must live on for the
+        # 1001 closing handshake; the finally clause below stops it.
+        nursery.start_soon(connection._reader_task, True)
+        why = "the opening handshake did not complete within connect_timeout"
+        try:
+            event = None
+            with trio.move_on_after(self._connect_timeout):
+                event = await connection._get_request()
+            if isinstance(event, HTTPRequest):
+                why = "a plain HTTP request was answered"
+                await _answer_http(connection, event, self._http_handler)
+            elif event is not None and not _origin_allowed(event.origin, self._origins):
+                why = "the request's origin is not allowed"
+                logger.info("%s: refused a WebSocket from origin %r", connection, event.origin)
+                await connection._respond(403, [(b"content-type", b"text/plain")], _FORBIDDEN_ORIGIN)
+            elif event is not None:
+                why = "the connection's handler ended"
+                await self._run_handler(connection, WebSocketRequest(connection, event))
+        finally:
+            # Normally closed already; this covers timeouts and cancellation.
+            self._connections.discard(connection)
+            await connection._abort(why)
+            connection._stop_reader()
 
     async def _run_handler(self, connection: WebSocketConnection, request: WebSocketRequest) -> None:
         try:
