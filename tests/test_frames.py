@@ -170,6 +170,16 @@ def test_masking_implementations_agree(size: int) -> None:
     expected = bytes(byte ^ key[index % 4] for index, byte in enumerate(data))
     assert _mask.python_apply_mask(data, key) == expected
     assert _mask.apply_mask(data, key) == expected
+    # With a prefix (a frame's header, in the same allocation), and from any buffer.
+    assert _mask.python_apply_mask(memoryview(data), key, b"head") == b"head" + expected
+    assert _mask.apply_mask(memoryview(data), key, b"head") == b"head" + expected
+    assert _mask.apply_mask(bytearray(data), key, b"") == expected
+
+
+def test_masking_keys_are_fresh() -> None:
+    frames = [frame(0x2, b"", mask=True) for _ in range(3000)]  # through the pool's refills
+    keys = [f[2:6] for f in frames]
+    assert len(set(keys)) > 2990  # 32-bit random keys: a few collisions at most
 
 
 def test_the_pure_python_path_works_end_to_end() -> None:

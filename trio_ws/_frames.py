@@ -62,6 +62,11 @@ _HEAD2 = struct.Struct("!BB")
 _HEAD4 = struct.Struct("!BBH")
 _HEAD10 = struct.Struct("!BBQ")
 _COMPACT_AT = 1 << 16  # drop consumed bytes from the buffer once this many have piled up
+# A binary frame up to this size is taken in one piece once all of it has
+# arrived (the reader reads the rest at once: see ``wants``), rather than in
+# pieces copied again into a message.  Text frames go piece by piece so that
+# invalid UTF-8 fails at the first bad piece (RFC 6455 8.1, "fail fast").
+_WHOLE_FRAME = 1 << 20
 
 # Close codes a peer may send (RFC 6455 7.4): 1000-1003, 1007-1014 (1012-1014
 # from the IANA registry), 3000-4999.  1004-1006 and 1015 are never sent.
@@ -81,6 +86,15 @@ class FrameError(Exception):
         self.code = code
         self.reason = reason
         self.fatal = code != 1009
+
+
+def _take(buf: bytearray, start: int, end: int, key: bytes) -> bytes:
+    """``buf[start:end]`` as bytes, unmasked with ``key`` if any: one copy, not two."""
+    view = memoryview(buf)[start:end]
+    try:
+        return apply_mask(view, key) if key else view.tobytes()
+    finally:
+        view.release()
 
 
 def _utf8(data: bytes) -> str:
@@ -111,6 +125,7 @@ class Parser:
         "_msg_op",
         "_msg_size",
         "_msg_text",
+        "_need",
         "_pos",
     )
 
@@ -121,6 +136,7 @@ class Parser:
         self._deflate = deflate if deflate is not None and deflate.enabled() else None
         self._buf = bytearray()
         self._pos = 0
+        self._need = 0  # bytes still missing for a binary frame taken whole
         self._dead: FrameError | None = None
         # The frame whose payload is arriving in pieces (``_frame_left`` > 0).
         self._frame_op = 0
@@ -145,7 +161,7 @@ class Parser:
     @property
     def wants(self) -> int:
         """How many more bytes the frame under way needs (0: unknown, a new frame)."""
-        return self._frame_left
+        return self._frame_left or self._need
 
     def feed(self, data: bytes | bytearray) -> None:
         if self._pos >= _COMPACT_AT or self._pos == len(self._buf):
@@ -232,16 +248,29 @@ class Parser:
         elif opcode in (TEXT, BINARY):
             if self._msg_op:
                 raise FrameError(1002, "new message before the previous one ended")
-            self._start_message(opcode, bool(rsv))
         else:
             raise FrameError(1002, f"reserved data opcode {opcode:#x}")
-        if available >= head + length:
+        whole = available >= head + length
+        if (
+            not whole
+            and length <= _WHOLE_FRAME
+            and length <= self._max
+            and (
+                (opcode == BINARY and not rsv)
+                or (opcode == CONTINUATION and self._msg_op == BINARY and not self._msg_compressed)
+            )
+        ):
+            # Wait for the rest, to take it in one piece.  Nothing is
+            # consumed: the header is read (and checked) again then.
+            self._need = head + length - available
+            return None
+        self._need = 0
+        if opcode != CONTINUATION:
+            self._start_message(opcode, bool(rsv))
+        if whole:
             # The whole frame is here: the common case, in one step.
-            payload = bytes(buf[pos + head : pos + head + length])
             self._pos = pos + head + length
-            if key:
-                payload = apply_mask(payload, key)
-            return self._data(payload, bool(fin), True)
+            return self._data(_take(buf, pos + head, pos + head + length, key), bool(fin), True)
         # Only part of the payload is here: take what there is, wait for the rest.
         self._pos = pos + head
         self._frame_op, self._frame_fin, self._frame_left = opcode, bool(fin), length
@@ -253,12 +282,12 @@ class Parser:
         take = min(len(buf) - pos, self._frame_left)
         if take == 0:
             return None
-        payload = bytes(buf[pos : pos + take])
-        self._pos = pos + take
-        if self._frame_key:
+        key = self._frame_key
+        if key:
             offset = self._frame_done & 3
-            key = self._frame_key[offset:] + self._frame_key[:offset]
-            payload = apply_mask(payload, key)
+            key = key[offset:] + key[:offset]
+        payload = _take(buf, pos, pos + take, key)
+        self._pos = pos + take
         self._frame_done += take
         self._frame_left -= take
         return self._data(payload, self._frame_fin, self._frame_left == 0)
@@ -389,8 +418,22 @@ def frame(opcode: int, payload: bytes, *, mask: bool, rsv1: bool = False) -> byt
         head = _HEAD10.pack(first, mask_bit | 127, length)
     if not mask:
         return head + payload
-    key = os.urandom(4)
-    return head + key + apply_mask(payload, key)
+    key = _mask_key()
+    return apply_mask(payload, key, head + key)
+
+
+_keys = b""
+_keys_used = 0
+
+
+def _mask_key() -> bytes:
+    """A fresh masking key from the OS's entropy source (RFC 6455 10.3), 4 bytes of
+    a pool drawn 1024 keys at a time: one getrandom() call per 1024 frames."""
+    global _keys, _keys_used
+    if _keys_used >= len(_keys):
+        _keys, _keys_used = os.urandom(4096), 0
+    _keys_used += 4
+    return _keys[_keys_used - 4 : _keys_used]
 
 
 def close_frame(code: int, reason: str | None, *, mask: bool) -> bytes:

@@ -9,7 +9,7 @@ version below.  Setting ``TRIO_WS_NO_SPEEDUPS=1`` forces the Python version
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from typing import Protocol
 
 __all__ = ["SPEEDUPS", "apply_mask", "python_apply_mask"]
 
@@ -17,17 +17,21 @@ __all__ = ["SPEEDUPS", "apply_mask", "python_apply_mask"]
 _XOR_TABLES = [bytes(value ^ key for value in range(256)) for key in range(256)]
 
 
-def python_apply_mask(data: bytes, key: bytes) -> bytes:
-    """``data`` XOR ``key`` repeated: four strided slices, each translated by a table."""
+def python_apply_mask(data: bytes | bytearray | memoryview, key: bytes, prefix: bytes = b"") -> bytes:
+    """``prefix`` + ``data`` XOR ``key`` repeated: four strided slices, each translated by a table."""
     if len(data) < 32:
-        return bytes(byte ^ key[index & 3] for index, byte in enumerate(data))
+        return prefix + bytes(byte ^ key[index & 3] for index, byte in enumerate(data))
     out = bytearray(data)
     for offset in range(4):
         out[offset::4] = out[offset::4].translate(_XOR_TABLES[key[offset]])
-    return bytes(out)
+    return prefix + out
 
 
-apply_mask: Callable[[bytes, bytes], bytes] = python_apply_mask
+class _ApplyMask(Protocol):
+    def __call__(self, data: bytes | bytearray | memoryview, key: bytes, prefix: bytes = ..., /) -> bytes: ...
+
+
+apply_mask: _ApplyMask = python_apply_mask
 SPEEDUPS = False
 if not os.environ.get("TRIO_WS_NO_SPEEDUPS"):
     try:
