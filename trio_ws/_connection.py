@@ -169,6 +169,10 @@ class _SendLock:
     Frames must go out whole and in order, so sends take this lock; most
     connections never contend for it.  No ownership checks: only this
     module takes it, always with try/finally or ``async with``.
+
+    Taking a free lock is a cancel point but not a schedule point: whoever
+    takes it goes on to write (``send_all()`` is the schedule point), so a
+    frame costs one trip through trio's scheduler, not two.
     """
 
     __slots__ = ("_locked", "_lot")
@@ -180,15 +184,10 @@ class _SendLock:
     def locked(self) -> bool:
         return self._locked
 
-    def acquire_nowait(self) -> None:
-        assert not self._locked
-        self._locked = True
-
     async def acquire(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._locked:
             self._locked = True
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         if self._lot is None:
             self._lot = trio.lowlevel.ParkingLot()
@@ -805,13 +804,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         still go out before it (nothing goes out after it).
         """
         lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            # Uncontended: take it without a schedule point; send_all() below
-            # is this call's schedule point (one per frame, as a raw stream).
-            await trio.lowlevel.checkpoint_if_cancelled()
-            lock.acquire_nowait()
+        await lock.acquire()  # free: no schedule point; send_all() below is this call's
         try:
             if not self._may_send_data():
                 raise ConnectionClosed(self._close_reason)
