@@ -495,3 +495,29 @@ async def test_readme_server_example(nursery: trio.Nursery) -> None:
         printed: list[str] = []
         await readme_client(f"ws://127.0.0.1:{server.port}", printed)
         assert printed == ["Received message: hello world!"]
+
+
+def test_url_functions_pass_on_what_trio_websocket_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code that replaces open_websocket() to check what open_websocket_url() passes it
+    (trio-websocket's own tests do) sees trio-websocket's keywords only, unless it uses ours."""
+    import trio_ws._client
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(trio_ws._client, "open_websocket", lambda *args, **kwargs: calls.append(kwargs))
+    trio_ws.open_websocket_url("ws://127.0.0.1:1234/r", message_queue_size=9)
+    trio_ws.open_websocket_url("wss://127.0.0.1/r", compression="deflate", origin="https://o.example")
+    assert set(calls[0]) == {
+        "use_ssl",
+        "subprotocols",
+        "extra_headers",
+        "message_queue_size",
+        "max_message_size",
+        "receive_buffer_size",
+        "connect_timeout",
+        "disconnect_timeout",
+    }
+    assert calls[0]["message_queue_size"] == 9
+    assert calls[1]["compression"] == "deflate"
+    assert calls[1]["origin"] == "https://o.example"
+    assert calls[1]["use_ssl"] is True
+    assert "ping_interval" not in calls[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -48,6 +48,30 @@ def _split_url(url: str, ssl_context: ssl.SSLContext | None) -> tuple[WebSocketU
     if not parsed.secure:
         raise ValueError("SSL context must be None for ws: URL scheme")
     return parsed, ssl_context
+
+
+class _Extras(TypedDict, total=False):
+    compression: str | None
+    ping_interval: float | None
+    ping_timeout: float | None
+    origin: str | None
+
+
+def _extras(
+    compression: str | None, ping_interval: float | None, ping_timeout: float | None, origin: str | None
+) -> _Extras:
+    """trio_ws's own options, only those given: a ``*_url`` call then passes on exactly
+    what trio-websocket's would, so that tests that mock the inner call still pass."""
+    extras: _Extras = {}
+    if compression is not None:
+        extras["compression"] = compression
+    if ping_interval is not None:
+        extras["ping_interval"] = ping_interval
+    if ping_timeout is not None:
+        extras["ping_timeout"] = ping_timeout
+    if origin is not None:
+        extras["origin"] = origin
+    return extras
 
 
 async def _handshake(
@@ -237,10 +261,7 @@ async def connect_websocket_url(
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
-        compression=compression,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        origin=origin,
+        **_extras(compression, ping_interval, ping_timeout, origin),
     )
 
 
@@ -473,8 +494,5 @@ def open_websocket_url(
         receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
-        compression=compression,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        origin=origin,
+        **_extras(compression, ping_interval, ping_timeout, origin),
     )
