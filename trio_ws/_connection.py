@@ -181,9 +181,6 @@ class _SendLock:
         self._locked = False
         self._lot: trio.lowlevel.ParkingLot | None = None
 
-    def locked(self) -> bool:
-        return self._locked
-
     async def acquire(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._locked:
