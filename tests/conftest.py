@@ -19,7 +19,14 @@ import pytest
 import trio
 import trustme
 
-from trio_ws import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer, serve_websocket
+from trio_ws import (
+    CloseReason,
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    serve_websocket,
+)
 
 HOST = "127.0.0.1"
 RESOURCE = "/resource"
@@ -53,6 +60,22 @@ async def echo_loop(ws: WebSocketConnection) -> None:
 async def echo_handler(request: WebSocketRequest) -> None:
     """Accept (picking the first proposed subprotocol) and echo every message."""
     await echo_loop(await request.accept(subprotocol=next(iter(request.proposed_subprotocols), None)))
+
+
+class CloseWatcher:
+    """A server handler: accept, wait for a message, and record why the connection closed."""
+
+    def __init__(self) -> None:
+        self.closes: list[CloseReason | None] = []
+        self.done = trio.Event()
+
+    async def __call__(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            await ws.get_message()
+        except ConnectionClosed as exc:
+            self.closes.append(exc.reason)
+        self.done.set()
 
 
 async def start_server(nursery: trio.Nursery, handler: object, **options: object) -> WebSocketServer:

@@ -11,7 +11,6 @@ import pytest
 import trio
 
 from trio_ws import (
-    CloseReason,
     ConnectionClosed,
     HandshakeError,
     WebSocketRequest,
@@ -23,7 +22,7 @@ from trio_ws import (
 from trio_ws._deflate import PerMessageDeflate, _Declined, parse_parameters
 from trio_ws.testing import websocket_pair
 
-from .conftest import HOST, RawClient, RawServerPeer, echo_handler, frame, start_raw_server, start_server
+from .conftest import HOST, CloseWatcher, RawClient, RawServerPeer, echo_handler, frame, start_raw_server, start_server
 
 BROWSER_OFFER = "permessage-deflate; client_max_window_bits"
 
@@ -267,14 +266,8 @@ async def deflate_client(port: int) -> RawClient:
 
 async def test_a_deflate_bomb_is_refused_at_the_limit(nursery: trio.Nursery) -> None:
     """256 MiB of zeros in a 256 KiB frame: 1009 after about max_message_size of output."""
-    closes: list[CloseReason | None] = []
-
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        try:
-            await ws.get_message()
-        except ConnectionClosed as exc:
-            closes.append(exc.reason)
+    handler = CloseWatcher()
+    closes = handler.closes
 
     server = await start_server(nursery, handler, compression="deflate", max_message_size=2**20)
     bomb = compress(b"\x00" * 2**28)

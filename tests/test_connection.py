@@ -11,7 +11,6 @@ import trio
 import trio.testing
 
 from trio_ws import (
-    CloseReason,
     ConnectionClosed,
     ConnectionState,
     WebSocketConnection,
@@ -28,6 +27,7 @@ from trio_ws.testing import websocket_pair
 from .conftest import (
     HOST,
     UPGRADE_REQUEST,
+    CloseWatcher,
     RawClient,
     RawServerPeer,
     close_payload,
@@ -584,16 +584,8 @@ async def accept_and_read(request: WebSocketRequest) -> None:
     ],
 )
 async def test_protocol_errors_close_with_the_rfc_code(nursery: trio.Nursery, data: bytes, code: int) -> None:
-    closes: list[CloseReason | None] = []
-    done = trio.Event()
-
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        try:
-            await ws.get_message()
-        except ConnectionClosed as exc:
-            closes.append(exc.reason)
-        done.set()
+    handler = CloseWatcher()
+    closes, done = handler.closes, handler.done
 
     server: WebSocketServer = await nursery.start(partial(serve_websocket, handler, HOST, 0, None))
     client = RawClient(await trio.open_tcp_stream(HOST, server.port))

@@ -8,7 +8,6 @@ import trio.lowlevel
 import trio.testing
 
 from trio_ws import (
-    CloseReason,
     ConnectionClosed,
     ConnectionState,
     WebSocketRequest,
@@ -18,7 +17,7 @@ from trio_ws import (
 )
 from trio_ws.testing import websocket_pair
 
-from .conftest import HOST, RawClient, RawServerPeer, echo_handler, frame, start_raw_server, start_server
+from .conftest import HOST, CloseWatcher, RawClient, RawServerPeer, echo_handler, frame, start_raw_server, start_server
 
 
 async def test_latency_is_measured(autojump_clock: trio.testing.MockClock) -> None:
@@ -64,16 +63,8 @@ async def test_a_silent_peer_is_closed_with_1011(nursery: trio.Nursery, autojump
 
 
 async def test_server_side_keepalive(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    closes: list[CloseReason | None] = []
-    done = trio.Event()
-
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        try:
-            await ws.get_message()
-        except ConnectionClosed as exc:
-            closes.append(exc.reason)
-        done.set()
+    handler = CloseWatcher()
+    closes, done = handler.closes, handler.done
 
     server = await start_server(nursery, handler, ping_interval=1, ping_timeout=1)
     client = RawClient(await trio.open_tcp_stream(HOST, server.port))
