@@ -119,6 +119,22 @@ class Commands:
                     self._buffer += b"\n"
             self._buffer += data
 
+    async def dispatch(
+        self, cancel: trio.CancelScope, events: dict[str, trio.Event], stats: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Set ``events[COMMAND]`` for each command line, answer STATS with ``stats()``, and
+        cancel ``cancel`` when the orchestrator is gone (stdin closed)."""
+        while True:
+            line = await self.next()
+            if line is None:
+                cancel.cancel()
+                return
+            command = line.upper()
+            if command == "STATS":
+                emit("STATS", stats())
+            elif command in events:
+                events[command].set()
+
 
 class Gate:
     """Counts tasks through a phase; ``event`` is set when all ``target`` have passed."""
@@ -536,20 +552,7 @@ async def client_main(args: argparse.Namespace) -> int:
         }
 
     async def command_loop(cancel: trio.CancelScope) -> None:
-        while True:
-            line = await commands.next()
-            if line is None:  # the orchestrator is gone
-                cancel.cancel()
-                return
-            command = line.upper()
-            if command == "CONNECT":
-                connect.set()
-            elif command == "GO":
-                go.set()
-            elif command == "CLOSE":
-                close_now.set()
-            elif command == "STATS":
-                emit("STATS", report())
+        await commands.dispatch(cancel, {"CONNECT": connect, "GO": go, "CLOSE": close_now}, report)
 
     emit("READY", {"pid": os.getpid(), "nofile": nofile})
     expired = True
@@ -666,20 +669,7 @@ async def slow_client_main(args: argparse.Namespace) -> int:
             done.hit()
 
     async def command_loop(cancel: trio.CancelScope) -> None:
-        while True:
-            line = await commands.next()
-            if line is None:
-                cancel.cancel()
-                return
-            command = line.upper()
-            if command == "CONNECT":
-                connect.set()
-            elif command == "DRAIN":
-                drain.set()
-            elif command == "STOP":
-                stop.set()
-            elif command == "STATS":
-                emit("STATS", report())
+        await commands.dispatch(cancel, {"CONNECT": connect, "DRAIN": drain, "STOP": stop}, report)
 
     emit("READY", {"pid": os.getpid(), "mode": args.mode})
     expired = True
