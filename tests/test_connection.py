@@ -196,6 +196,41 @@ async def test_buffered_amount(autojump_clock: trio.testing.MockClock) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_flood_of_input_does_not_starve_other_tasks(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader reads a plain socket directly; while data keeps coming it still yields."""
+    # Keep every read small, so that the flood takes many reads.
+    monkeypatch.setattr("trio_ws._connection._MORE_WAITING_READ", 256)
+    count = 8000
+    all_sent = trio.Event()
+    progress: list[int] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        await all_sent.wait()  # the whole flood waits in the kernel before the reader starts
+        ws = await request.accept()
+        inbox = ws._inbox
+        # This task only yields; it runs between the reader's steps, if any.
+        while len(inbox) < count and len(progress) < 100_000:
+            progress.append(len(inbox))
+            await trio.lowlevel.checkpoint()
+        for _ in range(count):
+            assert await ws.get_message() == b"x"
+
+    server = await start_server(nursery, handler, message_queue_size=count, receive_buffer_size=256)
+    async with await trio.open_tcp_stream(HOST, server.port) as stream:
+        await stream.send_all(UPGRADE_REQUEST + frame(0x2, b"x") * count)
+        all_sent.set()
+        client = RawClient(stream)
+        await client.receive_until(b"\r\n\r\n")
+        # 8000 frames of 7 bytes are about 220 reads of 256 bytes: the task
+        # above must have seen the inbox grow in many steps, not in one.
+        with trio.fail_after(10):
+            await stream.send_all(frame(0x8, close_payload(1000)))
+            assert await client.receive_frame() == (0x8, close_payload(1000))  # not 1011: the handler got all
+    assert len(set(progress)) >= 20
+
+
 # --- ping and pong ----------------------------------------------------------------
 
 

@@ -81,6 +81,8 @@ _CLIENT_CLOSE_GRACE = 1.0  # seconds a closing client waits for the server to cl
 _FAIL_GRACE = 1.0  # seconds a protocol error waits for the application to take earlier messages
 _MAX_READ = 2**20  # the largest single read, inside a large frame
 _MORE_WAITING_READ = 2**16  # the read size after a read that filled receive_buffer_size
+_DEFAULT_READ = 2**16  # the read size when receive_buffer_size is None (trio's default)
+_YIELD_EVERY = 8  # direct reads in a row that found data before the reader yields anyway
 _OWN_RESPONSE_HEADERS = frozenset({b"content-length", b"connection"})
 _OWN_REJECTION_HEADERS = PROTOCOL_HEADERS | _OWN_RESPONSE_HEADERS
 
@@ -124,6 +126,25 @@ def _describe(exc: BaseException) -> str:
     if cause is not None and str(cause):
         return f"{type(cause).__name__}: {cause}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _direct_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under a plain ``trio.SocketStream``, for the reader to read directly.
+
+    ``SocketStream.receive_some()`` makes every read that finds data a
+    schedule point, and tries a read before it waits even when the last
+    read emptied the socket.  On the hot path of a small message that is one
+    more trip through trio's run loop, and one more system call, between
+    the bytes' arrival and the application's answer.  The reader instead
+    reads the file descriptor itself (``os.read`` on a socket is ``recv``)
+    and waits with ``trio.lowlevel.wait_readable``, which still makes it
+    cancellable and, at least every few reads, a schedule point.  Only for
+    the exact class (a subclass may override ``receive_some``) and not on
+    Windows (a socket there is not a file descriptor).
+    """
+    if type(stream) is trio.SocketStream and sys.platform != "win32":
+        return stream.socket
+    return None
 
 
 def _handling_exception() -> bool:
@@ -997,6 +1018,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         stream = self._stream
         size = self._receive_buffer_size
         inbox = self._inbox
+        sock = _direct_socket(stream)
+        short = False  # the last direct read got less than it asked for
+        streak = 0  # direct reads since the last wait
         while True:
             while True:
                 stash, self._stash = self._stash, None
@@ -1037,7 +1061,31 @@ class WebSocketConnection(trio.abc.AsyncResource):
             if size is not None and parser.wants > size:
                 read_size = min(parser.wants, _MAX_READ)
             try:
-                data = await stream.receive_some(read_size)
+                if sock is None:
+                    data = await stream.receive_some(read_size)
+                else:
+                    # A plain TCP socket: read it directly (see _direct_socket).
+                    if short or streak >= _YIELD_EVERY:
+                        # A short read emptied the socket: wait first, rather
+                        # than try a read that would fail.  Or we read without
+                        # waiting several times in a row: yield, so that a
+                        # peer that keeps the socket full cannot starve trio.
+                        streak = 0
+                        await trio.lowlevel.wait_readable(sock)
+                    while True:
+                        fd = sock.fileno()
+                        if fd < 0:
+                            raise trio.ClosedResourceError("the socket was closed")
+                        try:
+                            data = os.read(fd, read_size or _DEFAULT_READ)
+                            break
+                        except BlockingIOError:
+                            streak = 0
+                            await trio.lowlevel.wait_readable(sock)
+                        except OSError as exc:
+                            raise trio.BrokenResourceError from exc
+                    streak += 1
+                    short = len(data) < (read_size or _DEFAULT_READ)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if not self._transport_closed:
                     await self._abort(f"the transport failed ({_describe(exc)})")
