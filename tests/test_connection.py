@@ -499,6 +499,29 @@ async def test_transport_lost_without_close(nursery: trio.Nursery, reset: bool, 
     assert ws.state is ConnectionState.CLOSED
 
 
+async def test_the_stream_closed_under_a_paused_reader_ends_the_connection(nursery: trio.Nursery) -> None:
+    """The caller owns a wrapped stream and may close it while the reader is not waiting on it."""
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        for text in ("a", "b"):
+            await ws.send_message(text)
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+
+    server = await start_server(nursery, handler)
+    stream = await trio.open_tcp_stream(HOST, server.port)
+    ws = await wrap_client_stream(nursery, stream, HOST, "/", message_queue_size=1)
+    await trio.testing.wait_all_tasks_blocked()  # our reader holds two messages and waits for us
+    await stream.aclose()
+    assert [await ws.get_message(), await ws.get_message()] == ["a", "b"]
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.get_message()  # the reader resumes, on a socket closed under it
+    assert info.value.reason is not None
+    assert info.value.reason.code == 1006
+    assert ws.state is ConnectionState.CLOSED
+
+
 async def test_close_timeout_reason(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     async def script(peer: RawServerPeer) -> None:
         await peer.accept()

@@ -151,8 +151,46 @@ def _handling_exception() -> bool:
     return sys.exc_info()[1] is not None
 
 
+class _WaitQueue:
+    """Tasks waiting their turn, first in first out: a lighter ``trio.lowlevel.ParkingLot``.
+
+    A ParkingLot is about 240 bytes, and a task parked in it adds an
+    OrderedDict of about 670 more.  An idle connection keeps a task parked in
+    get_message() for as long as it lives, so a plain list is worth it.
+    """
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: list[trio.lowlevel.Task] = []
+
+    async def park(self) -> None:
+        """Wait until unpark() or unpark_all() picks this task; a cancel point."""
+        task = trio.lowlevel.current_task()
+        tasks = self._tasks
+        tasks.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def unpark(self) -> bool:
+        """Wake the task that waited longest, if any; ``True`` if there was one."""
+        if not self._tasks:
+            return False
+        trio.lowlevel.reschedule(self._tasks.pop(0))
+        return True
+
+    def unpark_all(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            trio.lowlevel.reschedule(task)
+
+
 class _Flag:
-    """A one-shot event, as ``trio.Event``, whose ParkingLot is made only if a task waits.
+    """A one-shot event, as ``trio.Event``, whose wait queue is made only if a task waits.
 
     A connection holds several that are set once and mostly never waited
     on; with a ``trio.Event`` (and its lot) each cost about 400 bytes for
@@ -163,7 +201,7 @@ class _Flag:
 
     def __init__(self) -> None:
         self._is_set = False
-        self._lot: trio.lowlevel.ParkingLot | None = None
+        self._lot: _WaitQueue | None = None
 
     def is_set(self) -> bool:
         return self._is_set
@@ -180,12 +218,12 @@ class _Flag:
             await trio.lowlevel.checkpoint()
             return
         if self._lot is None:
-            self._lot = trio.lowlevel.ParkingLot()
+            self._lot = _WaitQueue()
         await self._lot.park()
 
 
 class _SendLock:
-    """A FIFO lock, as ``trio.StrictFIFOLock``, whose ParkingLot is made only on contention.
+    """A FIFO lock, as ``trio.StrictFIFOLock``, whose wait queue is made only on contention.
 
     Frames must go out whole and in order, so sends take this lock; most
     connections never contend for it.  No ownership checks: only this
@@ -200,7 +238,7 @@ class _SendLock:
 
     def __init__(self) -> None:
         self._locked = False
-        self._lot: trio.lowlevel.ParkingLot | None = None
+        self._lot: _WaitQueue | None = None
 
     async def acquire(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -208,7 +246,7 @@ class _SendLock:
             self._locked = True
             return
         if self._lot is None:
-            self._lot = trio.lowlevel.ParkingLot()
+            self._lot = _WaitQueue()
         await self._lot.park()  # release() hands the lock over: still locked, now ours
 
     def release(self) -> None:
@@ -355,7 +393,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         if message_queue_size < 0:  # as trio.open_memory_channel, which trio-websocket uses
             raise ValueError("message_queue_size must be >= 0")
         self._inbox_limit = message_queue_size
-        self._inbox_waiters = trio.lowlevel.ParkingLot()
+        self._inbox_waiters = _WaitQueue()
         self._incoming_done = False  # no message will be added (the peer closed, or the transport)
         self._inbox_dropped = False  # closed locally: unread messages were dropped
         self._resume: _Flag | None = None  # set to wake the reader, paused on a full inbox
@@ -1065,23 +1103,27 @@ class WebSocketConnection(trio.abc.AsyncResource):
                     data = await stream.receive_some(read_size)
                 else:
                     # A plain TCP socket: read it directly (see _direct_socket).
-                    if short or streak >= _YIELD_EVERY:
-                        # A short read emptied the socket: wait first, rather
-                        # than try a read that would fail.  Or we read without
-                        # waiting several times in a row: yield, so that a
-                        # peer that keeps the socket full cannot starve trio.
-                        streak = 0
-                        await trio.lowlevel.wait_readable(sock)
+                    # A short read emptied the socket: wait first, rather
+                    # than try a read that would fail.  After several reads
+                    # in a row that found data, wait anyway (it yields), so
+                    # that a peer that keeps the socket full cannot starve trio.
+                    wait = short or streak >= _YIELD_EVERY
                     while True:
+                        # Fresh each time: whoever owns the stream may have
+                        # closed it (and the number may be reused).
                         fd = sock.fileno()
                         if fd < 0:
                             raise trio.ClosedResourceError("the socket was closed")
+                        if wait:
+                            streak = 0
+                            wait = False
+                            await trio.lowlevel.wait_readable(fd)
+                            continue
                         try:
                             data = os.read(fd, read_size or _DEFAULT_READ)
                             break
                         except BlockingIOError:
-                            streak = 0
-                            await trio.lowlevel.wait_readable(sock)
+                            wait = True
                         except OSError as exc:
                             raise trio.BrokenResourceError from exc
                     streak += 1

@@ -421,7 +421,10 @@ class WebSocketServer:
                 if self._max_connections is not None and len(self._tasks) >= self._max_connections:
                     handlers.start_soon(self._refuse_overload, stream)
                 else:
-                    handlers.start_soon(self._handle_connection, stream)
+                    # Readers join the handlers in our own nursery; a caller's
+                    # nursery gets one task per connection, as trio-websocket's.
+                    readers = handlers if self._handler_nursery is None else None
+                    handlers.start_soon(self._handle_connection, stream, readers)
 
     async def _refuse_overload(self, stream: trio.abc.Stream) -> None:
         """More connections than ``max_connections``: answer 503 at once, and close."""
@@ -438,21 +441,15 @@ class WebSocketServer:
                 pass
         await trio.aclose_forcefully(stream)
 
-    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
-        # The connection's nursery (its reader runs there) is also what
-        # aclose() cancels: no extra cancel scope per connection.
-        async with trio.open_nursery() as nursery:
-            scope = nursery.cancel_scope
-            self._tasks.add(scope)
-            try:
-                await self._serve_connection(stream, nursery)
-            finally:
-                self._tasks.discard(scope)
-                if not self._tasks:
-                    self._idle.set()
-                    self._idle = trio.Event()
-
-    async def _serve_connection(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+    async def _handle_connection(self, stream: trio.abc.Stream, readers: trio.Nursery | None) -> None:
+        # The connection's reader runs in ``readers``, the server's own
+        # handler nursery, next to this task: a nursery per connection costs
+        # about 600 bytes more than the cancel scope aclose() needs.  The
+        # finally clause below stops the reader, so it ends with this task.
+        if readers is None:
+            async with trio.open_nursery() as nursery:
+                await self._handle_connection(stream, nursery)
+            return
         connection = WebSocketConnection(
             stream,
             WSConnection(ConnectionType.SERVER),
@@ -464,30 +461,37 @@ class WebSocketServer:
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
         )
+        scope = trio.CancelScope()  # what aclose() cancels when a handler outstays it
+        self._tasks.add(scope)
         self._connections.add(connection)
         # Shielded: on server shutdown the reader must live on for the
         # 1001 closing handshake; the finally clause below stops it.
-        nursery.start_soon(connection._reader_task, True)
+        readers.start_soon(connection._reader_task, True)
         why = "the opening handshake did not complete within connect_timeout"
         try:
-            event = None
-            with trio.move_on_after(self._connect_timeout):
-                event = await connection._get_request()
-            if isinstance(event, HTTPRequest):
-                why = "a plain HTTP request was answered"
-                await _answer_http(connection, event, self._http_handler)
-            elif event is not None and not _origin_allowed(event.origin, self._origins):
-                why = "the request's origin is not allowed"
-                logger.info("%s: refused a WebSocket from origin %r", connection, event.origin)
-                await connection._respond(403, [(b"content-type", b"text/plain")], _FORBIDDEN_ORIGIN)
-            elif event is not None:
-                why = "the connection's handler ended"
-                await self._run_handler(connection, WebSocketRequest(connection, event))
+            with scope:
+                event = None
+                with trio.move_on_after(self._connect_timeout):
+                    event = await connection._get_request()
+                if isinstance(event, HTTPRequest):
+                    why = "a plain HTTP request was answered"
+                    await _answer_http(connection, event, self._http_handler)
+                elif event is not None and not _origin_allowed(event.origin, self._origins):
+                    why = "the request's origin is not allowed"
+                    logger.info("%s: refused a WebSocket from origin %r", connection, event.origin)
+                    await connection._respond(403, [(b"content-type", b"text/plain")], _FORBIDDEN_ORIGIN)
+                elif event is not None:
+                    why = "the connection's handler ended"
+                    await self._run_handler(connection, WebSocketRequest(connection, event))
         finally:
             # Normally closed already; this covers timeouts and cancellation.
             self._connections.discard(connection)
             await connection._abort(why)
             connection._stop_reader()
+            self._tasks.discard(scope)
+            if not self._tasks:
+                self._idle.set()
+                self._idle = trio.Event()
 
     async def _run_handler(self, connection: WebSocketConnection, request: WebSocketRequest) -> None:
         try:
