@@ -125,8 +125,12 @@ async def connect_client(nursery: trio.Nursery, port: int) -> object:
     return await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
 
 
-async def test_aclose_cancels_handlers_that_will_not_stop(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("own_nursery", [True, False], ids=["server's nursery", "handler_nursery"])
+async def test_aclose_cancels_handlers_that_will_not_stop(
+    autojump_clock: trio.testing.MockClock, own_nursery: bool
+) -> None:
     async with trio.open_nursery() as nursery:
+        handler_nursery = None if own_nursery else nursery
         cancelled = trio.Event()
 
         async def stubborn(request: WebSocketRequest) -> None:
@@ -138,7 +142,9 @@ async def test_aclose_cancels_handlers_that_will_not_stop(autojump_clock: trio.t
                 raise
 
         server: WebSocketServer = await nursery.start(
-            lambda task_status: serve_websocket(stubborn, HOST, 0, None, disconnect_timeout=5, task_status=task_status)
+            lambda task_status: serve_websocket(
+                stubborn, HOST, 0, None, disconnect_timeout=5, handler_nursery=handler_nursery, task_status=task_status
+            )
         )
         ws = await connect_client(nursery, server.port)
         start = trio.current_time()

@@ -528,6 +528,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
         Client: the response's headers.  Server: the request's.
         """
+        if self._request is not None:  # server: made on demand, to keep no second copy
+            return tuple(self._request.headers)
         return self._handshake_headers
 
     @property
@@ -1162,7 +1164,6 @@ class WebSocketConnection(trio.abc.AsyncResource):
             if isinstance(outcome, UpgradeRequest):
                 self._request = outcome
                 self._path, self._host = outcome.target, outcome.host
-                self._handshake_headers = tuple(outcome.headers)
                 self._handshake_done.set()
                 # Read nothing more until the handler has decided: a client
                 # must wait for our 101 before sending frames.

@@ -148,7 +148,7 @@ def http_response(status: int, headers: Headers, body: bytes, *, head: bool = Fa
 # --- the server side ----------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)  # kept for a connection's life: no instance dict
 class UpgradeRequest:
     """A valid WebSocket upgrade request."""
 
