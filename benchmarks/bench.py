@@ -65,7 +65,7 @@ def free_port() -> int:
 
 
 def python_for(impl: str) -> Path:
-    return PROJECT_PY if impl in ("trio_ws", "raw_trio", "raw_sync") else PEERS_PY
+    return PROJECT_PY if impl in ("trio_ws", "raw_trio", "raw_sync", "floor_trio") else PEERS_PY
 
 
 class Server:
@@ -172,7 +172,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="column names to run (e.g. 'lat p50')")
+    parser.add_argument(
+        "--floor", action="store_true", help="also measure floor_trio: the protocol's own cost over raw trio"
+    )
     args = parser.parse_args()
+    under_test = [*UNDER_TEST, "floor_trio"] if args.floor else UNDER_TEST
     ensure_peers()
     rounds = args.rounds or (1 if args.quick else 5)
     seconds = 0.5 if args.quick else 1.5
@@ -193,7 +197,9 @@ def main() -> int:
                 elif workload == "broadcast":
                     options = {"connections": sinks, "messages": 5 if args.quick else 20, "size": 64}
                 # Interleave: rotate the order each round.
-                order = UNDER_TEST[round_number % len(UNDER_TEST) :] + UNDER_TEST[: round_number % len(UNDER_TEST)]
+                order = under_test[round_number % len(under_test) :] + under_test[: round_number % len(under_test)]
+                if workload in ("idle", "broadcast"):
+                    order = [impl for impl in order if impl != "floor_trio"]  # it serves /echo only
                 values: dict[str, float] = {}
                 column_started = time.monotonic()
                 for impl in order:
@@ -213,7 +219,7 @@ def main() -> int:
                 figures = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
                 print(f"round {round_number + 1} {role:6} {name:14} {figures}  ({took:.0f} s)", flush=True)
     elapsed = time.monotonic() - started
-    table = render(results, raw_values, columns, rounds, elapsed)
+    table = render(results, raw_values, columns, rounds, elapsed, under_test)
     print(table)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -231,6 +237,7 @@ def render(
     columns: list[tuple[str, str, str, bool]],
     rounds: int,
     elapsed: float,
+    under_test: list[str],
 ) -> str:
     lines = [f"cost = times worse than raw trio in the same round (1.0 = as fast); median of {rounds} round(s)", ""]
     for role in ("server", "client"):
@@ -239,7 +246,7 @@ def render(
         lines.append("---|" + "|".join("---:" for _ in names))
         raw = raw_values.get(role, {})
         lines.append("raw trio (value) | " + " | ".join(f"{median(raw[n]):.4g}" if n in raw else "-" for n in names))
-        for impl in UNDER_TEST[1:]:
+        for impl in under_test[1:]:
             costs = results.get(role, {}).get(impl, {})
             cells = [f"{median(costs[n]):.2f}" if n in costs else "-" for n in names]
             lines.append(f"{impl} | " + " | ".join(cells))

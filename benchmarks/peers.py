@@ -4,7 +4,8 @@
     python peers.py client IMPL WORKLOAD --port P   run one workload, print one JSON line
 
 Server IMPLs: raw_trio, trio_ws, trio_websocket, websockets_trio (the servers under
-test), raw_asyncio, websockets_asyncio (fast references for the client role).
+test), floor_trio (the least a WebSocket over trio can do: the protocol's own cost),
+raw_asyncio, websockets_asyncio (fast references for the client role).
 Client IMPLs: the same names; raw_asyncio and websockets_asyncio (C-accelerated
 masking) are the fast references for the server role.
 
@@ -215,6 +216,114 @@ class WebsocketsConn(Conn):
             await self.ws.close()
 
 
+class FloorWsConn(Conn):
+    """The least a WebSocket over trio can do: a floor for the libraries, not a library.
+
+    One task per connection, no checks beyond the frame layout, no
+    fragments, no UTF-8 validation, C masking (trio_ws's own apply_mask).
+    What it costs more than raw trio is the protocol's own price: the
+    handshake's and the closing handshake's round trips, frame headers,
+    masking.  ``bench.py --floor`` measures it next to the others.
+    """
+
+    REQUEST = (
+        b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+    def __init__(self, stream: Any, client: bool) -> None:
+        from trio_ws._speedups import apply_mask
+
+        self.stream, self.client, self.apply_mask = stream, client, apply_mask
+        self.buffer = bytearray()
+
+    async def read_head(self) -> bytes:
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+        self.buffer = bytearray(rest)
+        return head
+
+    async def open_client(self, path: str) -> None:
+        import base64
+
+        key = base64.b64encode(os.urandom(16))
+        await self.stream.send_all(self.REQUEST % (path.encode(), key))
+        if not (await self.read_head()).startswith(b"HTTP/1.1 101"):
+            raise RuntimeError("handshake refused")
+
+    async def open_server(self) -> str:
+        import base64
+        import hashlib
+
+        head = await self.read_head()
+        lines = head.split(b"\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        await self.stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        return head.split(b" ", 2)[1].decode()
+
+    async def send(self, data: bytes, opcode: int = 0x2) -> None:
+        length = len(data)
+        mask_bit = 0x80 if self.client else 0
+        if length < 126:
+            head = struct.pack("!BB", 0x80 | opcode, mask_bit | length)
+        elif length < 65536:
+            head = struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
+        if self.client:
+            key = os.urandom(4)
+            await self.stream.send_all(head + key + self.apply_mask(data, key))
+        else:
+            await self.stream.send_all(head + data)
+
+    async def recv(self) -> bytes:
+        """The next data message; answers a Close (and raises EOFError)."""
+        buffer = self.buffer
+        while True:
+            if len(buffer) >= 2:
+                length, offset = buffer[1] & 0x7F, 2
+                if length == 126 and len(buffer) >= 4:
+                    (length,), offset = struct.unpack_from("!H", buffer, 2), 4
+                elif length == 127 and len(buffer) >= 10:
+                    (length,), offset = struct.unpack_from("!Q", buffer, 2), 10
+                key_end = offset + (4 if buffer[1] & 0x80 else 0)
+                if (length < 126 or offset > 2) and len(buffer) >= key_end + length:
+                    payload = bytes(buffer[key_end : key_end + length])
+                    if key_end > offset:
+                        payload = self.apply_mask(payload, bytes(buffer[offset:key_end]))
+                    opcode = buffer[0] & 0x0F
+                    del buffer[: key_end + length]
+                    if opcode == 0x8:
+                        if not self.client:  # answer, and close first (RFC 6455 7.1.1)
+                            await self.send(payload[:2], 0x8)
+                            await self.stream.aclose()
+                        raise EOFError
+                    return payload
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise EOFError
+            buffer += chunk
+
+    async def close(self) -> None:
+        try:
+            await self.send(struct.pack("!H", 1000), 0x8)
+            while True:
+                await self.recv()
+        except (EOFError, OSError):
+            pass
+        while await self.stream.receive_some(65536):  # the server closes TCP first
+            pass
+        await self.stream.aclose()
+
+
 async def trio_connect(impl: str, port: int, path: str) -> Conn:
     import trio
 
@@ -222,6 +331,10 @@ async def trio_connect(impl: str, port: int, path: str) -> Conn:
         conn = RawTrioConn(await trio.open_tcp_stream("127.0.0.1", port))
         await conn.send(path.encode())
         return conn
+    if impl == "floor_trio":
+        floor = FloorWsConn(await trio.open_tcp_stream("127.0.0.1", port), client=True)
+        await floor.open_client(path)
+        return floor
     if impl == "trio_ws":
         import trio_ws
 
@@ -293,6 +406,26 @@ async def trio_server(impl: str, port: int) -> None:
 
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_tcp, handle, port)
+            _ready()
+            await until_stdin_closes()
+            nursery.cancel_scope.cancel()
+        return
+
+    if impl == "floor_trio":  # /echo only: bench.py measures no other workload with it
+
+        async def floor_handle(stream: Any) -> None:
+            conn = FloorWsConn(stream, client=False)
+            try:
+                await conn.open_server()
+                while True:
+                    await conn.send(await conn.recv())
+            except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_tcp, floor_handle, port)
             _ready()
             await until_stdin_closes()
             nursery.cancel_scope.cancel()
