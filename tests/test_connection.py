@@ -463,7 +463,9 @@ async def test_nothing_is_sent_after_our_close(nursery: trio.Nursery) -> None:
                 break
         await peer.stream.send_all(frame(0x8, payload, mask=False))
         frames.append((0, await peer.receive_eof()))
+        peer_done.set()
 
+    peer_done = trio.Event()
     port = await start_raw_server(nursery, script)
     ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False)
     async with trio.open_nursery() as tasks:
@@ -472,6 +474,7 @@ async def test_nothing_is_sent_after_our_close(nursery: trio.Nursery) -> None:
         for _ in range(3):
             with pytest.raises(ConnectionClosed):
                 await ws.send_message("after close")
+    await peer_done.wait()  # the peer has seen our EOF and recorded what came before it
     assert frames[-2][0] == 0x8
     assert frames[-1] == (0, b"")
 

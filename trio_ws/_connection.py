@@ -129,7 +129,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _direct_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    """The socket under a plain ``trio.SocketStream``, for the reader to read directly.
+    """The socket under a plain ``trio.SocketStream``, to read, write and close directly.
 
     ``SocketStream.receive_some()`` makes every read that finds data a
     schedule point, and tries a read before it waits even when the last
@@ -138,13 +138,36 @@ def _direct_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     the bytes' arrival and the application's answer.  The reader instead
     reads the file descriptor itself (``os.read`` on a socket is ``recv``)
     and waits with ``trio.lowlevel.wait_readable``, which still makes it
-    cancellable and, at least every few reads, a schedule point.  Only for
-    the exact class (a subclass may override ``receive_some``) and not on
-    Windows (a socket there is not a file descriptor).
+    cancellable and, at least every few reads, a schedule point.  Writes
+    and the final close skip the stream's layers (a context manager per
+    call, a cancel scope per close) the same way; a write still ends with
+    the schedule point ``send_all()`` has.  Only for the exact class (a
+    subclass may override its methods) and not on Windows (a socket there
+    is not a file descriptor).
     """
     if type(stream) is trio.SocketStream and sys.platform != "win32":
         return stream.socket
     return None
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes | bytearray) -> None:
+    """``SocketStream.send_all()`` on the socket's descriptor (see _direct_socket)."""
+    view = memoryview(data)
+    sent = 0
+    while True:
+        fd = sock.fileno()  # fresh each time, as in the reader
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            sent += os.write(fd, view[sent:])
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError from exc
+        if sent >= len(view):
+            break
+    await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 def _handling_exception() -> bool:
@@ -328,6 +351,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         "_request",
         "_resume",
         "_send_lock",
+        "_sock",
         "_stash",
         "_state",
         "_stop_reading",
@@ -358,6 +382,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         check_keepalive_args(ping_interval, ping_timeout)
         self._id = next(self.CONNECTION_ID)
         self._stream = stream
+        self._sock = _direct_socket(stream)  # a plain TCP socket we read and write directly
         # trio-websocket took a wsproto WSConnection here; only its role matters now.
         if isinstance(ws_connection, ConnectionType):
             self._is_client = ws_connection is ConnectionType.CLIENT
@@ -826,6 +851,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._transport_closed = True
         # Keep the addresses: a closed socket no longer knows them.
         self._local, self._remote = self.local, self.remote
+        if self._sock is not None:
+            self._sock.close()  # all that SocketStream.aclose() does, less its checkpoint
+            return
         with trio.CancelScope(shield=True):
             try:
                 await trio.aclose_forcefully(self._stream)
@@ -841,7 +869,10 @@ class WebSocketConnection(trio.abc.AsyncResource):
         # delivered inside send_all may leave half a frame on the wire.
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self._stream.send_all(data)
+            if self._sock is None:
+                await self._stream.send_all(data)
+            else:
+                await _send_all(self._sock, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if not self._transport_closed:
                 await self._abort(f"the transport failed while sending ({_describe(exc)})")
@@ -1058,7 +1089,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
         stream = self._stream
         size = self._receive_buffer_size
         inbox = self._inbox
-        sock = _direct_socket(stream)
+        sock = self._sock
         short = False  # the last direct read got less than it asked for
         streak = 0  # direct reads since the last wait
         while True:
