@@ -525,6 +525,27 @@ async def test_the_stream_closed_under_a_paused_reader_ends_the_connection(nurse
     assert ws.state is ConnectionState.CLOSED
 
 
+async def test_sending_on_a_stream_closed_under_the_connection_ends_it(nursery: trio.Nursery) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        for text in ("a", "b"):
+            await ws.send_message(text)
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+
+    server = await start_server(nursery, handler)
+    stream = await trio.open_tcp_stream(HOST, server.port)
+    ws = await wrap_client_stream(nursery, stream, HOST, "/", message_queue_size=1)
+    await trio.testing.wait_all_tasks_blocked()  # our reader is paused: it will not notice the close
+    await stream.aclose()  # the caller owns the stream, and may
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.send_message("after the stream closed")
+    assert info.value.reason is not None
+    assert info.value.reason.code == 1006
+    assert ws.state is ConnectionState.CLOSED
+    assert [await ws.get_message(), await ws.get_message()] == ["a", "b"]  # received before: kept
+
+
 async def test_close_timeout_reason(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     async def script(peer: RawServerPeer) -> None:
         await peer.accept()
