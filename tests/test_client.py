@@ -94,6 +94,26 @@ async def test_open_websocket_echo_and_attributes(nursery: trio.Nursery) -> None
         await ws.send_message("late")
 
 
+async def test_addresses_are_known_after_the_socket_closed(nursery: trio.Nursery) -> None:
+    """Neither side asked for them while open: they were taken when the socket closed."""
+    seen: list[WebSocketConnection] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        seen.append(await request.accept())
+
+    server = await start_server(nursery, handler)
+    async with open_websocket(HOST, server.port, RESOURCE, use_ssl=False) as ws:
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()  # the handler returned: the server closed
+    await trio.testing.wait_all_tasks_blocked()
+    for conn in (ws, seen[0]):
+        assert conn.state is ConnectionState.CLOSED
+        assert isinstance(conn.local, Endpoint)
+        assert isinstance(conn.remote, Endpoint)
+    assert ws.remote.port == seen[0].local.port == server.port  # type: ignore[union-attr]
+    assert ws.local.port == seen[0].remote.port  # type: ignore[union-attr]
+
+
 async def test_nondefault_close_code_reaches_server(nursery: trio.Nursery) -> None:
     recorder = Recorder()
     server = await start_server(nursery, recorder)

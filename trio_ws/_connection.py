@@ -34,7 +34,7 @@ import trio
 from wsproto import ConnectionType, WSConnection
 
 from ._deflate import PerMessageDeflate
-from ._endpoint import Endpoint, stream_endpoint
+from ._endpoint import Endpoint, TakenAddress, stream_endpoint
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError
 from ._frames import BINARY, CLOSE, MESSAGE, OP_PING, OP_PONG, PING, PONG, TEXT, FrameError, Parser, close_frame, frame
 from ._handshake import (
@@ -458,8 +458,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._handshake_headers: tuple[tuple[bytes, bytes], ...] = ()
         self._request: UpgradeRequest | None = None  # server: the client's upgrade request
         self._http_request: HTTPRequest | None = None  # server: a plain HTTP request instead
-        self._local: Endpoint | str | None = None
-        self._remote: Endpoint | str | None = None
+        # Made when first asked for; taken (not yet made) when the socket closes.
+        self._local: Endpoint | str | TakenAddress | None = None
+        self._remote: Endpoint | str | TakenAddress | None = None
 
         # The HTTP side of the opening handshake; dropped once the connection
         # is open (its h11 state is about 2 KiB an idle connection need not keep).
@@ -505,15 +506,15 @@ class WebSocketConnection(trio.abc.AsyncResource):
     @property
     def local(self) -> Endpoint | str:
         """The local endpoint, or the stream's ``repr()`` for non-socket streams."""
-        if self._local is None:
-            self._local = stream_endpoint(self._stream, local=True)
+        if self._local is None or isinstance(self._local, TakenAddress):
+            self._local = stream_endpoint(self._stream, local=True, taken=self._local)
         return self._local
 
     @property
     def remote(self) -> Endpoint | str:
         """The remote endpoint, or the stream's ``repr()`` for non-socket streams."""
-        if self._remote is None:
-            self._remote = stream_endpoint(self._stream, local=False)
+        if self._remote is None or isinstance(self._remote, TakenAddress):
+            self._remote = stream_endpoint(self._stream, local=False, taken=self._remote)
         return self._remote
 
     @property
@@ -850,7 +851,10 @@ class WebSocketConnection(trio.abc.AsyncResource):
             return
         self._transport_closed = True
         # Keep the addresses: a closed socket no longer knows them.
-        self._local, self._remote = self.local, self.remote
+        if self._local is None:
+            self._local = TakenAddress(self._stream, local=True)
+        if self._remote is None:
+            self._remote = TakenAddress(self._stream, local=False)
         if self._sock is not None:
             self._sock.close()  # all that SocketStream.aclose() does, less its checkpoint
             return

@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["Endpoint", "listener_endpoint", "stream_endpoint"]
+__all__ = ["Endpoint", "TakenAddress", "listener_endpoint", "stream_endpoint"]
 
 
 class Endpoint:
@@ -42,17 +42,42 @@ def _socket_endpoint(sock: trio.socket.SocketType, is_ssl: bool, *, local: bool)
         return None
 
 
-def stream_endpoint(stream: object, *, local: bool) -> Endpoint | str:
-    """The local or remote endpoint of a stream, or its ``repr()`` when it has none."""
-    is_ssl = False
-    inner = stream
-    if isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
-        is_ssl = True
-    if isinstance(inner, trio.SocketStream):
-        endpoint = _socket_endpoint(inner.socket, is_ssl, local=local)
-        if endpoint is not None:
-            return endpoint
+class TakenAddress:
+    """One side's socket address, taken from a stream before it closes; see stream_endpoint().
+
+    Taking the address is a system call; making an :class:`Endpoint` of it
+    parses the IP address, which costs ten times more.  A connection takes
+    both addresses when it closes its socket (a closed socket no longer
+    knows them) and makes Endpoints only if someone asks.
+    """
+
+    __slots__ = ("is_ssl", "name")
+
+    def __init__(self, stream: object, *, local: bool) -> None:
+        self.name: Any = None
+        self.is_ssl = False
+        inner = stream
+        if isinstance(inner, trio.SSLStream):
+            inner = inner.transport_stream
+            self.is_ssl = True
+        if isinstance(inner, trio.SocketStream):
+            try:
+                self.name = inner.socket.getsockname() if local else inner.socket.getpeername()
+            except OSError:  # closed already, or never connected
+                pass
+
+
+def stream_endpoint(stream: object, *, local: bool, taken: TakenAddress | None = None) -> Endpoint | str:
+    """The local or remote endpoint of a stream, or its ``repr()`` when it has none.
+
+    ``taken``: the address as taken earlier, instead of asking the socket now.
+    """
+    address = taken if taken is not None else TakenAddress(stream, local=local)
+    if address.name is not None:
+        try:
+            return Endpoint(address.name[0], address.name[1], address.is_ssl)
+        except (ValueError, TypeError, IndexError):
+            pass  # not an IP socket (AF_UNIX names are strings)
     return repr(stream)
 
 
