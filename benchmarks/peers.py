@@ -36,6 +36,22 @@ HEADER = struct.Struct("!I")
 # --- shared workload logic, written once for any framework ----------------------------------
 
 
+def ws_frame(data: bytes, opcode: int, client: bool, apply_mask: Callable[[bytes, bytes], bytes]) -> bytes:
+    """One unfragmented WebSocket frame; a client's is masked with a fresh key."""
+    length = len(data)
+    mask_bit = 0x80 if client else 0
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, mask_bit | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
+    if client:
+        key = os.urandom(4)
+        return head + key + apply_mask(data, key)
+    return head + data
+
+
 class Conn:
     """What a workload needs of a connection: send, receive, close."""
 
@@ -270,19 +286,7 @@ class FloorWsConn(Conn):
         return head.split(b" ", 2)[1].decode()
 
     async def send(self, data: bytes, opcode: int = 0x2) -> None:
-        length = len(data)
-        mask_bit = 0x80 if self.client else 0
-        if length < 126:
-            head = struct.pack("!BB", 0x80 | opcode, mask_bit | length)
-        elif length < 65536:
-            head = struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
-        if self.client:
-            key = os.urandom(4)
-            await self.stream.send_all(head + key + self.apply_mask(data, key))
-        else:
-            await self.stream.send_all(head + data)
+        await self.stream.send_all(ws_frame(data, opcode, self.client, self.apply_mask))
 
     async def recv(self) -> bytes:
         """The next data message; answers a Close (and raises EOFError)."""
@@ -645,19 +649,7 @@ class SyncWs:
         self.sock, self.buffer, self.client, self.apply_mask = sock, bytearray(), client, apply_mask
 
     def send(self, data: bytes, opcode: int = 0x2) -> None:
-        length = len(data)
-        mask_bit = 0x80 if self.client else 0
-        if length < 126:
-            head = struct.pack("!BB", 0x80 | opcode, mask_bit | length)
-        elif length < 65536:
-            head = struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, length)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, length)
-        if self.client:
-            key = os.urandom(4)
-            self.sock.sendall(head + key + self.apply_mask(data, key))
-        else:
-            self.sock.sendall(head + data)
+        self.sock.sendall(ws_frame(data, opcode, self.client, self.apply_mask))
 
     def recv(self) -> bytes:
         while True:

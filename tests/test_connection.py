@@ -502,17 +502,19 @@ async def test_transport_lost_without_close(nursery: trio.Nursery, reset: bool, 
     assert ws.state is ConnectionState.CLOSED
 
 
+async def send_two_then_wait(request: WebSocketRequest) -> None:
+    """A handler that sends "a" and "b", then waits until the client goes."""
+    ws = await request.accept()
+    for text in ("a", "b"):
+        await ws.send_message(text)
+    with pytest.raises(ConnectionClosed):
+        await ws.get_message()
+
+
 async def test_the_stream_closed_under_a_paused_reader_ends_the_connection(nursery: trio.Nursery) -> None:
     """The caller owns a wrapped stream and may close it while the reader is not waiting on it."""
 
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        for text in ("a", "b"):
-            await ws.send_message(text)
-        with pytest.raises(ConnectionClosed):
-            await ws.get_message()
-
-    server = await start_server(nursery, handler)
+    server = await start_server(nursery, send_two_then_wait)
     stream = await trio.open_tcp_stream(HOST, server.port)
     ws = await wrap_client_stream(nursery, stream, HOST, "/", message_queue_size=1)
     await trio.testing.wait_all_tasks_blocked()  # our reader holds two messages and waits for us
@@ -526,14 +528,7 @@ async def test_the_stream_closed_under_a_paused_reader_ends_the_connection(nurse
 
 
 async def test_sending_on_a_stream_closed_under_the_connection_ends_it(nursery: trio.Nursery) -> None:
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        for text in ("a", "b"):
-            await ws.send_message(text)
-        with pytest.raises(ConnectionClosed):
-            await ws.get_message()
-
-    server = await start_server(nursery, handler)
+    server = await start_server(nursery, send_two_then_wait)
     stream = await trio.open_tcp_stream(HOST, server.port)
     ws = await wrap_client_stream(nursery, stream, HOST, "/", message_queue_size=1)
     await trio.testing.wait_all_tasks_blocked()  # our reader is paused: it will not notice the close
