@@ -727,9 +727,15 @@ def sync_client(impl: str, workload: str, port: int, options: dict[str, Any]) ->
     if workload.startswith("throughput-"):
         size = int(workload.split("-", 1)[1])
         window = threading.Semaphore(64 if size <= 4096 else 8)
+        # One token per message sent, then one for the end: the receiver only
+        # calls recv() when an echo is due.  (Checking "is the sender alive?"
+        # raced: the sender could stop right after, and recv() then waited
+        # for an echo that never comes.)
+        pending = threading.Semaphore(0)
         conn = sync_connect(impl, port, "/echo")
         payload = os.urandom(size)
         sent = [0]
+        finished = [False]
         stop = time.perf_counter() + seconds
 
         def sender() -> None:
@@ -737,12 +743,18 @@ def sync_client(impl: str, workload: str, port: int, options: dict[str, Any]) ->
                 window.acquire()
                 conn.send(payload)
                 sent[0] += 1
+                pending.release()
+            finished[0] = True
+            pending.release()
 
         start = time.perf_counter()
         thread = threading.Thread(target=sender)
         thread.start()
         received = 0
-        while thread.is_alive() or received < sent[0]:
+        while True:
+            pending.acquire()
+            if finished[0] and received == sent[0]:
+                break  # the end's token: every echo is in
             data = conn.recv()
             assert len(data) == size
             received += 1
