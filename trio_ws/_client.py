@@ -117,7 +117,9 @@ async def _handshake(
         raise
     try:
         await connection._send_request()
-        nursery.start_soon(connection._reader_task, shield_reader)
+        # The response is read in this task: no handoff to the reader and back.
+        if await connection._read_handshake():
+            nursery.start_soon(connection._reader_task, shield_reader)
         await connection._wait_open()
     except BaseException:
         await connection._abort("the opening handshake did not complete")

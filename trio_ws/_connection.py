@@ -345,7 +345,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
         "_ping_timeout",
         "_pings",
         "_reader_blocked",
+        "_reader_nursery",
         "_reader_scope",
+        "_reader_shield",
         "_receive_buffer_size",
         "_remote",
         "_request",
@@ -442,6 +444,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
         self._close_handshake_done = _Flag()
         self._closed_event = _Flag()
         self._reader_scope: trio.CancelScope | None = None
+        # Where accept() starts the reader, when the server's own connection
+        # task reads the request (see _get_request); None when the reader was
+        # started before the handshake and reads it itself.
+        self._reader_nursery: trio.Nursery | None = None
+        self._reader_shield = False
         self._stop_reading = False  # the reader leaves its loop at the next turn
         self._discard_input = False  # read only to see EOF (client after a close)
 
@@ -925,6 +932,26 @@ class WebSocketConnection(trio.abc.AsyncResource):
     # ------------------------------------------------------------------
     # Opening handshake
 
+    async def _receive_some(self, size: int) -> bytes | bytearray:
+        """Read at most ``size`` bytes, directly from a plain TCP socket (see _direct_socket).
+
+        For the opening handshake and its failures; the reader's loop inlines
+        its own version of this, with its read sizes and fairness.
+        """
+        sock = self._sock
+        if sock is None:
+            return await self._stream.receive_some(size)
+        while True:
+            fd = sock.fileno()  # fresh each time: the owner may close the socket under us
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                return os.read(fd, size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+            except OSError as exc:
+                raise trio.BrokenResourceError from exc
+
     async def _send_request(self) -> None:
         """Client: do the TLS handshake if any, then send the HTTP upgrade request.
 
@@ -954,8 +981,16 @@ class WebSocketConnection(trio.abc.AsyncResource):
         # Close right after its 101): that is for get_message() to report.
 
     async def _get_request(self) -> UpgradeRequest | HTTPRequest | None:
-        """Server: wait for the client's request (``None`` if the handshake failed)."""
-        await self._handshake_done.wait()
+        """Server: the client's request (``None`` if the handshake failed).
+
+        With a reader nursery set, this task reads the request itself and
+        accept() starts the reader: a request then costs no handoff to the
+        reader and back.  Otherwise the reader, started before, reads it.
+        """
+        if self._reader_nursery is not None:
+            await self._read_handshake()
+        else:
+            await self._handshake_done.wait()
         return self._request or self._http_request
 
     async def _accept(self, subprotocol: str | None, extra_headers: Headers | None) -> None:
@@ -989,6 +1024,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._handshake = None
             self._subprotocol = subprotocol
             self._state = ConnectionState.OPEN
+            if self._reader_nursery is not None:
+                self._reader_nursery.start_soon(self._reader_task, self._reader_shield)
+                self._reader_nursery = None
         finally:
             self._decided.set()
 
@@ -1058,6 +1096,11 @@ class WebSocketConnection(trio.abc.AsyncResource):
         """
         try:
             with trio.CancelScope(shield=shield) as self._reader_scope:
+                if self._state is ConnectionState.CLOSING:
+                    # Closing began before this task first ran (an accept()
+                    # followed at once by a close): the bound _begin_closing
+                    # puts on a running reader.
+                    self._reader_scope.deadline = trio.current_time() + self._disconnect_timeout
                 if self._ping_interval is None:
                     await self._read_loop()
                 else:
@@ -1086,8 +1129,19 @@ class WebSocketConnection(trio.abc.AsyncResource):
             self._reader_scope.cancel()
 
     async def _read_loop(self) -> None:
-        if self._parser is None and not await self._read_handshake():
-            return
+        if self._parser is None:
+            # A server's reader started before the opening handshake
+            # (wrap_server_stream, websocket_pair): it reads the request.
+            if not await self._read_handshake():
+                return
+            # Read nothing more until the handler has decided: a client must
+            # wait for our 101 before sending frames.  Accepted: read on, even
+            # if the handler is already closing (its closing handshake needs
+            # the reader).  Else (rejected, or plain HTTP answered): stop; the
+            # transport is closed after the answer.
+            await self._decided.wait()
+            if self._parser is None:
+                return
         parser = self._parser
         assert parser is not None
         stream = self._stream
@@ -1181,12 +1235,18 @@ class WebSocketConnection(trio.abc.AsyncResource):
                         size = self._receive_buffer_size
 
     async def _read_handshake(self) -> bool:
-        """Read until the opening handshake has an outcome; ``True`` if the connection opened."""
+        """Read until the opening handshake has an outcome.
+
+        ``True``: a client is OPEN, or a server has the client's request (an
+        upgrade or plain HTTP) for its handler to decide on.  ``False``: the
+        handshake failed, and the connection is closed.  Run by the reader,
+        or (``_handshake``, ``_get_request``) by the task opening the connection.
+        """
         handshake = self._handshake
         assert handshake is not None
         while True:
             try:
-                data = await self._stream.receive_some(self._receive_buffer_size)
+                data = await self._receive_some(self._receive_buffer_size or _DEFAULT_READ)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if not self._transport_closed:
                     await self._abort(f"the transport failed during the opening handshake ({_describe(exc)})")
@@ -1200,18 +1260,12 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 self._request = outcome
                 self._path, self._host = outcome.target, outcome.host
                 self._handshake_done.set()
-                # Read nothing more until the handler has decided: a client
-                # must wait for our 101 before sending frames.
-                await self._decided.wait()
-                # Accepted: read on, even if the handler is already closing
-                # (its closing handshake needs the reader).  Else: stop.
-                return self._parser is not None
+                return True
             if isinstance(outcome, HTTPRequest):
                 self._http_request = outcome
                 self._path = outcome.target
                 self._handshake_done.set()
-                await self._decided.wait()  # the server answers it, then closes
-                return False
+                return True
             if isinstance(outcome, Accepted):
                 try:
                     self._open_client(outcome)

@@ -480,9 +480,11 @@ class WebSocketServer:
         )
         self._serving += 1
         self._connections.add(connection)
-        # Shielded: on server shutdown the reader must live on for the
-        # 1001 closing handshake; the finally clause below stops it.
-        readers.start_soon(connection._reader_task, True)
+        # This task reads the request itself; accept() starts the reader in
+        # ``readers``.  Shielded: on server shutdown the reader must live on
+        # for the 1001 closing handshake; the finally clause below stops it.
+        connection._reader_nursery = readers
+        connection._reader_shield = True
         why = "the opening handshake did not complete within connect_timeout"
         try:
             event = None
