@@ -78,6 +78,80 @@ def _tokens(value: bytes) -> list[str]:
     return [item.strip().lower() for item in value.decode("latin-1").split(",") if item.strip()]
 
 
+# --- the usual head, without h11 ----------------------------------------------------------
+#
+# h11 parses any HTTP/1.1 message, and costs 60-100 us per handshake doing it:
+# a large share of what a handshake costs us beyond the protocol's own round
+# trips.  Nearly every handshake is the same simple message: a GET request, or
+# a 101 response, with a few clean header lines and no body.  _simple_head()
+# parses exactly such a head and nothing else.  Whatever it does not recognise
+# (a bare LF, a folded header line, a byte outside the visible range, a body,
+# a head over the size limit) goes to h11 whole, so h11 stays the judge of
+# every unusual message and words every error; the fast path accepts only
+# what h11 accepts, and reads it the same way (tests/test_handshake.py checks
+# the two against each other).
+
+_FIELD_BYTE = rb"[\x21-\x7e\x80-\xff]"  # stricter than h11, which admits control bytes too
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:" + _FIELD_BYTE + rb"+(?:[ \t]+" + _FIELD_BYTE + rb"+)*)?)[ \t]*"
+)
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
+_STATUS_LINE_101 = re.compile(rb"HTTP/1\.1 101(?: [ \t\x21-\x7e\x80-\xff]*)?")
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+_FRAMING = (b"content-length", b"transfer-encoding")  # a body, or h11's checks on them: h11's case
+
+
+class _SimpleHead:
+    """Bytes received until they hold a simple head (see above), or prove not to."""
+
+    __slots__ = ("_buffer", "_first", "_max_size", "_searched")
+
+    def __init__(self, first: bytes, max_size: int) -> None:
+        self._buffer = bytearray()
+        self._first = first  # the byte every head of this kind starts with
+        self._max_size = max_size
+        self._searched = 0
+
+    def take_all(self) -> bytes:
+        """What was received, for h11 (the fast path gives up)."""
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        return data
+
+    def feed(self, data: bytes, start_line: re.Pattern[bytes]) -> tuple[re.Match[bytes], Headers, bytes] | bool:
+        """``(start line match, headers with names in lower case, trailing bytes)``;
+        ``True``: no complete head yet, and it may still be simple; ``False``: not simple."""
+        buffer = self._buffer
+        buffer += data
+        end = buffer.find(b"\r\n\r\n", max(0, self._searched - 3))
+        if end < 0:
+            self._searched = len(buffer)
+            # Wait for more only while h11 would wait too: it stops at a blank
+            # line made with a bare LF, at a first byte no start line has, and
+            # at the size limit.
+            return (
+                len(buffer) <= self._max_size
+                and buffer[:1] == self._first
+                and buffer.count(b"\n") == buffer.count(b"\r\n")
+            )
+        if end + 4 > self._max_size:
+            return False
+        lines = bytes(buffer[:end]).split(b"\r\n")
+        first = start_line.fullmatch(lines[0])
+        if first is None:
+            return False
+        headers: Headers = []
+        for line in lines[1:]:
+            match = _HEADER_LINE.fullmatch(line)
+            if match is None:
+                return False
+            name = match[1].lower()
+            if name in _FRAMING:
+                return False
+            headers.append((name, match[2]))
+        return first, headers, bytes(buffer[end + 4 :])
+
+
 def _items(values: Iterable[bytes]) -> list[str]:
     """Comma-separated items across repeated headers, case kept (subprotocols, extensions)."""
     return [item.strip() for value in values for item in value.decode("latin-1").split(",") if item.strip()]
@@ -205,22 +279,47 @@ class ServerHandshake:
     """Reads one HTTP request: a WebSocket upgrade, or a plain request."""
 
     def __init__(self, max_head_size: int = MAX_HEAD_SIZE, max_body_size: int = MAX_BODY_SIZE) -> None:
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
+        # The fast path first; h11 (made on the way) if the request is not simple.
+        self._simple: _SimpleHead | None = _SimpleHead(b"G", max_head_size)
+        self._h11: h11.Connection | None = None
+        self._max_head_size = max_head_size
         self._max_body_size = max_body_size
         self._request: h11.Request | None = None
         self._body = bytearray()
+        self._trailing = b""
 
     @property
     def trailing_data(self) -> bytes:
         """What the client sent after its request (frames, if it did not wait for our 101)."""
-        return self._h11.trailing_data[0]
+        return self._trailing if self._h11 is None else self._h11.trailing_data[0]
 
     def receive_data(self, data: bytes) -> UpgradeRequest | HTTPRequest | None:
         """Feed bytes (``b""`` at EOF); the request once complete, else ``None``.
 
         :raises HandshakeFailure: a malformed or refused request, or EOF first.
         """
-        self._h11.receive_data(data)
+        if self._h11 is None:
+            if self._simple is not None and data:
+                outcome = self._simple.feed(data, _REQUEST_LINE)
+                if outcome is True:
+                    return None
+                # h11 refuses an HTTP/1.1 request without exactly one Host.
+                if outcome is not False and [name for name, _ in outcome[1]].count(b"host") == 1:
+                    first, headers, self._trailing = outcome
+                    return self._classify(first[1], first[2], b"1.1", headers)
+            self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head_size)
+            if self._simple is not None:
+                received, self._simple = self._simple.take_all(), None
+                if received:
+                    self._h11.receive_data(received)
+                if data:
+                    data = b""  # in what the fast path received
+                else:
+                    self._h11.receive_data(b"")  # EOF
+            else:
+                self._h11.receive_data(data)
+        else:
+            self._h11.receive_data(data)
         while True:
             try:
                 event = self._h11.next_event()
@@ -235,27 +334,31 @@ class ServerHandshake:
                 if len(self._body) > self._max_body_size:
                     raise HandshakeFailure(413, f"request body larger than {self._max_body_size} bytes")
             elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                assert self._request is not None
-                return self._classify(self._request)
+                request = self._request
+                assert request is not None
+                return self._classify(request.method, request.target, request.http_version, list(request.headers))
             elif isinstance(event, h11.ConnectionClosed):
                 raise HandshakeFailure(0, "the client closed the connection before its request was complete")
 
-    def _classify(self, request: h11.Request) -> UpgradeRequest | HTTPRequest:
+    def _classify(
+        self, method: bytes, target: bytes, http_version: bytes, headers: Headers
+    ) -> UpgradeRequest | HTTPRequest:
+        """``headers``: names in lower case, as h11 gives them."""
         values: dict[bytes, list[bytes]] = {}
-        for name, value in request.headers:
+        for name, value in headers:
             values.setdefault(name, []).append(value)
         upgrade = [token for value in values.get(b"upgrade", []) for token in _tokens(value)]
         if "websocket" not in upgrade:
             return HTTPRequest(
-                method=request.method.decode("ascii"),
-                target=request.target.decode("ascii"),
-                headers=list(request.headers),
+                method=method.decode("ascii"),
+                target=target.decode("ascii"),
+                headers=headers,
                 body=bytes(self._body),
-                http_version=request.http_version.decode("ascii"),
+                http_version=http_version.decode("ascii"),
             )
-        if request.method != b"GET":
+        if method != b"GET":
             raise HandshakeFailure(400, "a WebSocket upgrade request must use GET")
-        if request.http_version == b"1.0":
+        if http_version == b"1.0":
             raise HandshakeFailure(400, "a WebSocket upgrade request needs HTTP/1.1")
         if "upgrade" not in [token for value in values.get(b"connection", []) for token in _tokens(value)]:
             raise HandshakeFailure(400, "missing 'Connection: Upgrade'")
@@ -282,9 +385,9 @@ class ServerHandshake:
         origins = values.get(b"origin", [])
         skip = (b"host", b"sec-websocket-protocol", b"sec-websocket-extensions")
         return UpgradeRequest(
-            target=request.target.decode("ascii"),
+            target=target.decode("ascii"),
             host=host,
-            headers=[(name, value) for name, value in request.headers if name not in skip],
+            headers=[(name, value) for name, value in headers if name not in skip],
             subprotocols=_items(values.get(b"sec-websocket-protocol", [])),
             extensions=_items(values.get(b"sec-websocket-extensions", [])),
             key=keys[0],
@@ -344,7 +447,8 @@ class ClientHandshake:
         extra_headers: Headers,
         max_head_size: int = MAX_HEAD_SIZE,
     ) -> None:
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
+        self._h11: h11.Connection | None = None
+        self._max_head_size = max_head_size
         self._key = base64.b64encode(os.urandom(16))
         self._subprotocols = subprotocols
         headers: Headers = [
@@ -359,15 +463,35 @@ class ClientHandshake:
         if extension_offers:
             headers.append((b"sec-websocket-extensions", ", ".join(extension_offers).encode("latin-1")))
         headers.extend(extra_headers)
-        self._request = h11.Request(method=b"GET", target=target.encode("ascii"), headers=headers)
+        self._target = target.encode("ascii")
+        self._headers_sent = headers
+        if _TARGET.match(self._target) and all(_TOKEN.match(name) and _VALUE.match(value) for name, value in headers):
+            # What h11 would write, written here (see _simple_head); h11 is
+            # made only if the response is not simple.
+            self._request_bytes = b"".join(
+                [b"GET ", self._target, b" HTTP/1.1\r\n", *(b"%s: %s\r\n" % pair for pair in headers), b"\r\n"]
+            )
+        else:
+            self._request_bytes = b""
+            self._made_h11()  # whose Request refuses what is wrong, as it always did
+        self._simple: _SimpleHead | None = _SimpleHead(b"H", max_head_size)
+        self._max_head_size = max_head_size
         self._status = 0
         self._headers: tuple[tuple[bytes, bytes], ...] = ()
         self._body = bytearray()
 
+    def _made_h11(self) -> h11.Connection:
+        """h11, in the state of having sent our request; made on first need."""
+        if self._h11 is None:
+            self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_head_size)
+            data = self._h11.send(h11.Request(method=b"GET", target=self._target, headers=self._headers_sent))
+            assert data is not None
+            if not self._request_bytes:
+                self._request_bytes = data
+        return self._h11
+
     def request_bytes(self) -> bytes:
-        data = self._h11.send(self._request)
-        assert data is not None
-        return data
+        return self._request_bytes
 
     def receive_data(self, data: bytes) -> Accepted | Rejected | None:
         """Feed bytes (``b""`` at EOF); the outcome once known, else ``None``.
@@ -377,17 +501,26 @@ class ClientHandshake:
         """
         if not data and not self._status:
             raise HandshakeFailure(0, "the server closed the connection before its handshake response")
-        self._h11.receive_data(data)
+        if self._simple is not None:
+            outcome = self._simple.feed(data, _STATUS_LINE_101)
+            if outcome is True:
+                return None
+            if outcome is not False:
+                _, headers, trailing = outcome
+                return self._check_101(headers, trailing)
+            data, self._simple = self._simple.take_all(), None
+        connection = self._made_h11()
+        connection.receive_data(data)
         while True:
             try:
-                event = self._h11.next_event()
+                event = connection.next_event()
             except h11.RemoteProtocolError as exc:
                 raise HandshakeFailure(0, f"malformed HTTP response: {exc}") from exc
             if event is h11.NEED_DATA:
                 return None
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
-                    return self._check_101(event)
+                    return self._check_101(list(event.headers), connection.trailing_data[0])
                 # trio-websocket's rule: any other 1xx is a rejection, without a body.
                 return Rejected(event.status_code, tuple(event.headers), None)
             if isinstance(event, h11.Response):
@@ -404,9 +537,10 @@ class ClientHandshake:
                     return Rejected(self._status, self._headers, bytes(self._body))
                 raise HandshakeFailure(0, "the server closed the connection before its handshake response")
 
-    def _check_101(self, response: h11.InformationalResponse) -> Accepted:
+    def _check_101(self, headers: Headers, trailing_data: bytes) -> Accepted:
+        """``headers``: names in lower case, as h11 gives them."""
         values: dict[bytes, list[bytes]] = {}
-        for name, value in response.headers:
+        for name, value in headers:
             values.setdefault(name, []).append(value)
         if [token for value in values.get(b"upgrade", []) for token in _tokens(value)] != ["websocket"]:
             raise HandshakeFailure(0, "the server's 101 response lacks 'Upgrade: websocket'")
@@ -422,6 +556,6 @@ class ClientHandshake:
         return Accepted(
             subprotocol=protocols[0] if protocols else None,
             extensions=_items(values.get(b"sec-websocket-extensions", [])),
-            headers=tuple((name, value) for name, value in response.headers if name not in skip),
-            trailing_data=self._h11.trailing_data[0],
+            headers=tuple((name, value) for name, value in headers if name not in skip),
+            trailing_data=trailing_data,
         )
