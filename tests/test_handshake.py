@@ -264,6 +264,8 @@ def test_a_request_h11_refuses_is_still_refused_by_h11() -> None:
         ClientHandshake("example.com", "/a b", [], [], [])
     with pytest.raises(h11.LocalProtocolError):
         ClientHandshake("example.com", "/", ["bad\r\nprotocol"], [], [])
+    with pytest.raises(h11.LocalProtocolError, match="multiple Host"):
+        ClientHandshake("example.com", "/", [], [], [(b"Host", b"other.example")])
 
 
 def test_a_101_response_takes_the_fast_path() -> None:

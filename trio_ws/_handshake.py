@@ -83,7 +83,7 @@ def _tokens(value: bytes) -> list[str]:
 # h11 parses any HTTP/1.1 message, and costs 60-100 us per handshake doing it:
 # a large share of what a handshake costs us beyond the protocol's own round
 # trips.  Nearly every handshake is the same simple message: a GET request, or
-# a 101 response, with a few clean header lines and no body.  _simple_head()
+# a 101 response, with a few clean header lines and no body.  _SimpleHead
 # parses exactly such a head and nothing else.  Whatever it does not recognise
 # (a bare LF, a folded header line, a byte outside the visible range, a body,
 # a head over the size limit) goes to h11 whole, so h11 stays the judge of
@@ -279,7 +279,8 @@ class ServerHandshake:
     """Reads one HTTP request: a WebSocket upgrade, or a plain request."""
 
     def __init__(self, max_head_size: int = MAX_HEAD_SIZE, max_body_size: int = MAX_BODY_SIZE) -> None:
-        # The fast path first; h11 (made on the way) if the request is not simple.
+        # The fast path first; h11 (made on the way) if the request is not
+        # simple.  (No fast path at all, for tests, with _simple None.)
         self._simple: _SimpleHead | None = _SimpleHead(b"G", max_head_size)
         self._h11: h11.Connection | None = None
         self._max_head_size = max_head_size
@@ -299,25 +300,23 @@ class ServerHandshake:
         :raises HandshakeFailure: a malformed or refused request, or EOF first.
         """
         if self._h11 is None:
-            if self._simple is not None and data:
-                outcome = self._simple.feed(data, _REQUEST_LINE)
+            simple = self._simple
+            if simple is not None and data:
+                outcome = simple.feed(data, _REQUEST_LINE)
                 if outcome is True:
                     return None
                 # h11 refuses an HTTP/1.1 request without exactly one Host.
                 if outcome is not False and [name for name, _ in outcome[1]].count(b"host") == 1:
                     first, headers, self._trailing = outcome
                     return self._classify(first[1], first[2], b"1.1", headers)
+            # Not simple, or EOF: h11 from here on, with all that came so far.
             self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head_size)
-            if self._simple is not None:
-                received, self._simple = self._simple.take_all(), None
-                if received:
-                    self._h11.receive_data(received)
-                if data:
-                    data = b""  # in what the fast path received
-                else:
-                    self._h11.receive_data(b"")  # EOF
-            else:
-                self._h11.receive_data(data)
+            received = simple.take_all() if simple is not None else data
+            self._simple = None
+            if received:
+                self._h11.receive_data(received)
+            if not data:
+                self._h11.receive_data(b"")  # EOF
         else:
             self._h11.receive_data(data)
         while True:
@@ -465,8 +464,12 @@ class ClientHandshake:
         headers.extend(extra_headers)
         self._target = target.encode("ascii")
         self._headers_sent = headers
-        if _TARGET.match(self._target) and all(_TOKEN.match(name) and _VALUE.match(value) for name, value in headers):
-            # What h11 would write, written here (see _simple_head); h11 is
+        if (
+            _TARGET.match(self._target)
+            and all(_TOKEN.match(name) and _VALUE.match(value) for name, value in headers)
+            and not any(name.lower() == b"host" for name, _ in extra_headers)  # h11 refuses a second
+        ):
+            # What h11 would write, written here (see _SimpleHead); h11 is
             # made only if the response is not simple.
             self._request_bytes = b"".join(
                 [b"GET ", self._target, b" HTTP/1.1\r\n", *(b"%s: %s\r\n" % pair for pair in headers), b"\r\n"]
@@ -475,7 +478,6 @@ class ClientHandshake:
             self._request_bytes = b""
             self._made_h11()  # whose Request refuses what is wrong, as it always did
         self._simple: _SimpleHead | None = _SimpleHead(b"H", max_head_size)
-        self._max_head_size = max_head_size
         self._status = 0
         self._headers: tuple[tuple[bytes, bytes], ...] = ()
         self._body = bytearray()
