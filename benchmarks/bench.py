@@ -179,7 +179,7 @@ def main() -> int:
     under_test = [*UNDER_TEST, "floor_trio"] if args.floor else UNDER_TEST
     ensure_peers()
     rounds = args.rounds or (1 if args.quick else 5)
-    seconds = 0.5 if args.quick else 1.5
+    seconds = 0.5 if args.quick else 1.0
     idle_n = 300 if args.quick else 1000
     sinks = 300 if args.quick else 1000
     columns = [c for c in [*COLUMNS, BROADCAST, IDLE] if args.only is None or c[0] in args.only]
