@@ -8,18 +8,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn, TypedDict
 
 import trio
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
 
-from ._connection import (
-    CONN_TIMEOUT,
-    MAX_MESSAGE_SIZE,
-    MESSAGE_QUEUE_SIZE,
-    RECEIVE_BYTES,
-    WebSocketConnection,
-    check_compression,
-)
+from ._connection import WebSocketConnection
 from ._errors import ConnectionTimeout, DisconnectionTimeout, HandshakeError
-from ._keepalive import check_keepalive_args
+from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, Options
 from ._url import WebSocketURL, parse_url
 
 __all__ = [
@@ -79,16 +72,10 @@ async def _handshake(
     stream: trio.abc.Stream,
     host: str,
     resource: str,
+    options: Options,
     *,
     subprotocols: Iterable[str] | None,
     extra_headers: list[tuple[bytes, bytes]] | None,
-    message_queue_size: int,
-    max_message_size: int,
-    receive_buffer_size: int | None,
-    disconnect_timeout: float,
-    compression: str | None,
-    ping_interval: float | None,
-    ping_timeout: float | None,
     origin: str | None,
     shield_reader: bool = False,
 ) -> WebSocketConnection:
@@ -99,28 +86,20 @@ async def _handshake(
     try:
         connection = WebSocketConnection(
             stream,
-            WSConnection(ConnectionType.CLIENT),
+            ConnectionType.CLIENT,
             host=host,
             path=resource,
             client_subprotocols=subprotocols,
             client_extra_headers=extra_headers,
-            message_queue_size=message_queue_size,
-            max_message_size=max_message_size,
-            receive_buffer_size=receive_buffer_size,
-            disconnect_timeout=disconnect_timeout,
-            compression=compression,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
+            _options=options,
         )
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
     try:
-        await connection._send_request()
         # The response is read in this task: no handoff to the reader and back.
-        if await connection._read_handshake():
-            nursery.start_soon(connection._reader_task, shield_reader)
-        await connection._wait_open()
+        await connection._open()
+        connection._start_reader(nursery, shield_reader)
     except BaseException:
         await connection._abort("the opening handshake did not complete")
         raise
@@ -133,11 +112,10 @@ async def _connect(
     port: int,
     resource: str,
     use_ssl: bool | ssl.SSLContext,
-    **options: Any,
+    options: Options,
+    **handshake_options: Any,
 ) -> WebSocketConnection:
     ssl_context = _ssl_context(use_ssl)
-    check_compression(options.get("compression"))
-    check_keepalive_args(options.get("ping_interval"), options.get("ping_timeout"))
     try:
         stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
     except BaseExceptionGroup as group:
@@ -153,7 +131,7 @@ async def _connect(
             await trio.aclose_forcefully(stream)
             raise
     host_header = WebSocketURL(ssl_context is not None, host, port, resource).host_header
-    return await _handshake(nursery, stream, host_header, resource, **options)
+    return await _handshake(nursery, stream, host_header, resource, options, **handshake_options)
 
 
 async def connect_websocket(
@@ -208,14 +186,8 @@ async def connect_websocket(
     :raises HandshakeError: the TLS or WebSocket handshake failed
         (:exc:`ConnectionRejected` if the server answered with an HTTP error).
     """
-    return await _connect(
-        nursery,
-        host,
-        port,
-        resource,
-        use_ssl,
-        subprotocols=subprotocols,
-        extra_headers=extra_headers,
+    _ssl_context(use_ssl)  # a bad use_ssl is an error before anything happens
+    options = Options(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
@@ -223,6 +195,16 @@ async def connect_websocket(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+    )
+    return await _connect(
+        nursery,
+        host,
+        port,
+        resource,
+        use_ssl,
+        options,
+        subprotocols=subprotocols,
+        extra_headers=extra_headers,
         origin=origin,
     )
 
@@ -290,13 +272,7 @@ async def wrap_client_stream(
     target.  An :class:`trio.SSLStream` gets its TLS handshake first.  The
     reader task runs in ``nursery``, as with :func:`connect_websocket`.
     """
-    return await _handshake(
-        nursery,
-        stream,
-        host,
-        resource,
-        subprotocols=subprotocols,
-        extra_headers=extra_headers,
+    options = Options(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
@@ -304,7 +280,9 @@ async def wrap_client_stream(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
-        origin=origin,
+    )
+    return await _handshake(
+        nursery, stream, host, resource, options, subprotocols=subprotocols, extra_headers=extra_headers, origin=origin
     )
 
 
@@ -423,9 +401,17 @@ async def open_websocket(
         did not within ``disconnect_timeout``.
     """
 
-    _ssl_context(use_ssl)  # a bad use_ssl or compression is an error before anything happens
-    check_compression(compression)
-    check_keepalive_args(ping_interval, ping_timeout)
+    _ssl_context(use_ssl)  # bad arguments are errors before anything happens
+    options = Options(
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+        receive_buffer_size=receive_buffer_size,
+        connect_timeout=connect_timeout,
+        disconnect_timeout=disconnect_timeout,
+        compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+    )
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
         try:
@@ -436,15 +422,9 @@ async def open_websocket(
                     port,
                     resource,
                     use_ssl,
+                    options,
                     subprotocols=subprotocols,
                     extra_headers=extra_headers,
-                    message_queue_size=message_queue_size,
-                    max_message_size=max_message_size,
-                    receive_buffer_size=receive_buffer_size,
-                    disconnect_timeout=disconnect_timeout,
-                    compression=compression,
-                    ping_interval=ping_interval,
-                    ping_timeout=ping_timeout,
                     origin=origin,
                     shield_reader=True,
                 )

@@ -76,6 +76,11 @@ class CloseReason:
         return f"{self.__class__.__name__}<code={self.code}, name={self.name}, reason={self.reason}>"
 
 
+def set_was_clean(reason: CloseReason) -> None:
+    """The closing handshake completed before the transport closed (for ``_protocol``)."""
+    reason._was_clean = True
+
+
 class HandshakeError(Exception):
     """The opening or closing handshake failed.
 

@@ -1,41 +1,46 @@
-"""The WebSocket framing layer (RFC 6455 section 5), Sans-I/O: bytes in, events out, and back.
+"""Frames (RFC 6455 section 5.2): their layout and their order, Sans-I/O.
 
-This does what wsproto's ``FrameProtocol`` does, for the same inputs, with
-the same RFC checks, but costs a fraction of the time per frame, which is
-what a small message costs end to end.  The parser
+``FrameReader`` holds the bytes received and decodes frames from them; the
+frames we send are built by :func:`frame` and :func:`close_frame`.  What a
+message *contains* (UTF-8, size, compression) is ``_messages``' business;
+what a frame *means* (a ping to answer, a Close) is ``_protocol``'s.
 
-- keeps one buffer and an offset instead of copying the unread tail on
-  every frame;
-- decodes a whole unfragmented frame in one step (the common case), and
-  a frame or message that arrives in pieces as it comes, so that memory
-  stays bounded and errors are found at the first bad piece;
-- assembles messages itself, counting ``max_message_size`` in the unit
-  ``len()`` uses (bytes for binary, characters for text), and validates
-  UTF-8 incrementally (1007 at the first invalid byte);
-- inflates permessage-deflate messages through ``_deflate``.
+The reader checks everything a frame's header and its place in the
+sequence of frames can break, and raises :exc:`FrameError` with the close
+code for it: the masking direction, RSV bits, reserved opcodes, the
+control-frame rules, lengths in their shortest form, and continuation
+frames only inside a fragmented message, new messages only outside one.
 
-Masking uses ``_mask.apply_mask``: C when the extension module is built,
-Python otherwise.
+For speed, it keeps one buffer and an offset instead of copying the unread
+tail for every frame, and takes a frame that arrived whole in one step (the
+common case).  A frame that arrives in pieces is handed on piece by piece,
+so memory stays bounded and an error in its content (invalid UTF-8) is found
+at the first bad piece, except a binary frame of up to 1 MiB, which is
+cheaper to wait for and take whole (``wants`` tells the reader how much
+more to read).
 """
 
 from __future__ import annotations
 
-import codecs
-import io
 import os
 import struct
 from typing import Final
 
-from ._deflate import PerMessageDeflate
 from ._mask import apply_mask
 
 __all__ = [
-    "CLOSE",
-    "MESSAGE",
-    "PING",
-    "PONG",
+    "BINARY",
+    "COMPRESSED",
+    "CONTINUATION",
+    "FIRST",
+    "LAST",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "TEXT",
     "FrameError",
-    "Parser",
+    "FrameReader",
+    "Piece",
     "close_frame",
     "frame",
 ]
@@ -48,13 +53,15 @@ OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
 
-# Events: (kind, payload).  MESSAGE: str | bytes; PING/PONG: bytes;
-# CLOSE: (code, reason) with code 1005 for an empty Close frame.
-MESSAGE: Final = 1
-PING: Final = 2
-PONG: Final = 3
-CLOSE: Final = 4
-Event = tuple[int, object]
+# Flags of a piece of a data message (see FrameReader.next_piece).
+FIRST: Final = 1  # the message starts with this piece
+LAST: Final = 2  # ... and ends with it
+COMPRESSED: Final = 4  # the message is compressed (RSV1 on its first frame)
+
+# (opcode, payload, flags): for a data piece the opcode is the *message's*
+# (TEXT or BINARY, also for continuation frames); a control frame comes whole,
+# with its own opcode and no flags.
+Piece = tuple[int, bytes, int]
 
 _SHORT = struct.Struct("!H")
 _LONG = struct.Struct("!Q")
@@ -63,105 +70,64 @@ _HEAD4 = struct.Struct("!BBH")
 _HEAD10 = struct.Struct("!BBQ")
 _COMPACT_AT = 1 << 16  # drop consumed bytes from the buffer once this many have piled up
 # A binary frame up to this size is taken in one piece once all of it has
-# arrived (the reader reads the rest at once: see ``wants``), rather than in
-# pieces copied again into a message.  Text frames go piece by piece so that
-# invalid UTF-8 fails at the first bad piece (RFC 6455 8.1, "fail fast").
+# arrived, rather than in pieces copied again into a message.  Text frames go
+# piece by piece so that invalid UTF-8 fails at the first bad piece (RFC 6455
+# 8.1, "fail fast").
 _WHOLE_FRAME = 1 << 20
-
-# Close codes a peer may send (RFC 6455 7.4): 1000-1003, 1007-1014 (1012-1014
-# from the IANA registry), 3000-4999.  1004-1006 and 1015 are never sent.
-_VALID_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
 class FrameError(Exception):
-    """The peer broke the protocol: close with ``code``.
-
-    ``fatal`` errors (1002, 1007) stop the parser; after a 1009 it goes on
-    parsing, dropping the rest of the oversized message, so that the peer's
-    Close can still be seen.
-    """
+    """The peer broke the protocol: close with ``code`` (1002, 1007 or 1009)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
-        self.fatal = code != 1009
 
 
-def _take(buf: bytearray, start: int, end: int, key: bytes) -> bytes:
-    """``buf[start:end]`` as bytes, unmasked with ``key`` if any: one copy, not two."""
-    view = memoryview(buf)[start:end]
-    try:
-        return apply_mask(view, key) if key else view.tobytes()
-    finally:
-        view.release()
-
-
-def _utf8(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FrameError(1007, f"invalid UTF-8 in a text message: {exc.reason} at byte {exc.start}") from None
-
-
-class Parser:
-    """Reads frames from the peer and turns them into events."""
+class FrameReader:
+    """Decodes the peer's frames, in order, from the bytes fed to it."""
 
     __slots__ = (
         "_buf",
-        "_dead",
-        "_decoder",
-        "_deflate",
-        "_discarding",
         "_expect_mask",
         "_frame_done",
         "_frame_fin",
+        "_frame_flags",
         "_frame_key",
         "_frame_left",
-        "_frame_op",
-        "_max",
-        "_msg_bytes",
-        "_msg_compressed",
+        "_max_whole",
+        "_msg_flags",
         "_msg_op",
-        "_msg_size",
-        "_msg_text",
-        "_need",
         "_pos",
+        "_rsv1_ok",
+        "wants",
     )
 
-    def __init__(self, *, client: bool, max_message_size: int, deflate: PerMessageDeflate | None = None) -> None:
+    def __init__(self, *, client: bool, compression: bool, max_whole: int) -> None:
         # A server's frames come unmasked to a client; a client's masked to a server.
         self._expect_mask = not client
-        self._max = max_message_size
-        self._deflate = deflate if deflate is not None and deflate.enabled() else None
+        self._rsv1_ok = compression  # RSV1 marks a compressed message (RFC 7692)
+        self._max_whole = min(max_whole, _WHOLE_FRAME)  # never wait for more than a message may hold
         self._buf = bytearray()
         self._pos = 0
-        self._need = 0  # bytes still missing for a binary frame taken whole
-        self._dead: FrameError | None = None
+        #: How many more bytes the frame under way needs (0: unknown, a new
+        #: frame), so that the transport can read that much at once.
+        self.wants = 0
         # The frame whose payload is arriving in pieces (``_frame_left`` > 0).
-        self._frame_op = 0
         self._frame_fin = False
+        self._frame_flags = 0  # of the next piece of that frame
         self._frame_left = 0
         self._frame_key = b""
         self._frame_done = 0  # payload bytes of this frame already taken (for the mask's offset)
-        # The message being assembled across frames or pieces.
-        self._msg_op = 0  # TEXT or BINARY while a message is open, else 0
-        self._msg_compressed = False
-        self._msg_size = 0
-        self._msg_bytes: bytearray | None = None
-        self._msg_text: io.StringIO | None = None
-        self._decoder: codecs.IncrementalDecoder | None = None
-        self._discarding = False  # the open message passed max_message_size: drop the rest
+        # The fragmented message under way: its opcode (0: none) and its flags.
+        self._msg_op = 0
+        self._msg_flags = 0
 
     @property
     def buffered(self) -> int:
-        """Bytes received and not parsed yet."""
+        """Bytes received and not decoded yet."""
         return len(self._buf) - self._pos
-
-    @property
-    def wants(self) -> int:
-        """How many more bytes the frame under way needs (0: unknown, a new frame)."""
-        return self._frame_left or self._need
 
     def feed(self, data: bytes | bytearray) -> None:
         if self._pos >= _COMPACT_AT or self._pos == len(self._buf):
@@ -169,28 +135,13 @@ class Parser:
             self._pos = 0
         self._buf += data
 
-    def next_event(self) -> Event | None:
-        """The next event, or ``None`` when more bytes are needed.
+    def next_piece(self) -> Piece | None:
+        """The next control frame or piece of a message; ``None`` when more bytes are needed.
 
-        :raises FrameError: the peer broke the protocol.
+        :raises FrameError: the frame breaks RFC 6455.
         """
-        if self._dead is not None:
-            return None
-        try:
-            while True:
-                event = self._continue_frame() if self._frame_left else self._next_frame()
-                if event is None:
-                    return None
-                if event is not _NOTHING:
-                    return event
-        except FrameError as exc:
-            if exc.fatal:
-                self._dead = exc
-            raise
-
-    # --- one frame -----------------------------------------------------------------------
-
-    def _next_frame(self) -> Event | None:
+        if self._frame_left:
+            return self._continue_frame()
         buf, pos = self._buf, self._pos
         available = len(buf) - pos
         if available < 2:
@@ -199,85 +150,93 @@ class Parser:
         second = buf[pos + 1]
         length = second & 0x7F
         head = 2
-        if length == 126:
-            if available < 4:
+        if length >= 126:
+            head, length = self._extended_length(length, available)
+            if not head:
                 return None
-            (length,) = _SHORT.unpack_from(buf, pos + 2)
-            if length < 126:
-                raise FrameError(1002, "frame length not in its shortest form")
-            head = 4
-        elif length == 127:
-            if available < 10:
-                return None
-            (length,) = _LONG.unpack_from(buf, pos + 2)
-            if length < 65536 or length >> 63:
-                raise FrameError(1002, "frame length not in its shortest form, or too large")
-            head = 10
         masked = second & 0x80
         if masked:
             head += 4
         if available < head:
             return None
-        fin = first & 0x80
         opcode = first & 0x0F
-        rsv = first & 0x70
-        if bool(masked) != self._expect_mask:
-            what = "unmasked frame from a client" if self._expect_mask else "masked frame from a server"
-            raise FrameError(1002, what)
-        if rsv and not (rsv == 0x40 and self._deflate is not None and opcode in (TEXT, BINARY)):
-            raise FrameError(1002, "reserved bit set without an extension that defines it")
+        if not ((first == 0x81 or first == 0x82) and not self._msg_op and bool(masked) == self._expect_mask):
+            self._check_header(first, masked, opcode, length)  # (what the usual frame needs no call for)
         key = bytes(buf[pos + head - 4 : pos + head]) if masked else b""
+        end = pos + head + length
         if opcode >= 0x8:
-            if opcode > OP_PONG:
-                raise FrameError(1002, f"reserved control opcode {opcode:#x}")
-            if not fin:
-                raise FrameError(1002, "fragmented control frame")
-            if length > 125:
-                raise FrameError(1002, "control frame longer than 125 bytes")
-            if available < head + length:
+            if end > len(buf):
                 return None
-            payload = bytes(buf[pos + head : pos + head + length])
-            self._pos = pos + head + length
-            if key:
-                payload = apply_mask(payload, key)
-            return self._control(opcode, payload)
-        # A data frame: check its place in the message sequence first.
-        if opcode == CONTINUATION:
-            if not self._msg_op:
-                raise FrameError(1002, "continuation frame without a message to continue")
-        elif opcode in (TEXT, BINARY):
-            if self._msg_op:
-                raise FrameError(1002, "new message before the previous one ended")
+            payload = bytes(buf[pos + head : end])
+            self._pos = end
+            return (opcode, apply_mask(payload, key) if key else payload, 0)
+        if opcode:  # TEXT or BINARY: a message begins
+            message_op, flags = opcode, FIRST | (COMPRESSED if first & 0x40 else 0)
         else:
-            raise FrameError(1002, f"reserved data opcode {opcode:#x}")
-        whole = available >= head + length
-        if (
-            not whole
-            and length <= _WHOLE_FRAME
-            and length <= self._max
-            and (
-                (opcode == BINARY and not rsv)
-                or (opcode == CONTINUATION and self._msg_op == BINARY and not self._msg_compressed)
-            )
-        ):
+            message_op, flags = self._msg_op, self._msg_flags
+        fin = first & 0x80
+        if end <= len(buf):
+            # The whole frame is here: the common case, in one step.
+            self.wants = 0
+            self._pos = end
+            if fin:
+                self._msg_op = 0
+                flags |= LAST
+            else:
+                self._msg_op, self._msg_flags = message_op, flags & COMPRESSED
+            return (message_op, _take(buf, pos + head, end, key), flags)
+        if message_op == BINARY and not flags & COMPRESSED and length <= self._max_whole:
             # Wait for the rest, to take it in one piece.  Nothing is
             # consumed: the header is read (and checked) again then.
-            self._need = head + length - available
+            self.wants = end - len(buf)
             return None
-        self._need = 0
-        if opcode != CONTINUATION:
-            self._start_message(opcode, bool(rsv))
-        if whole:
-            # The whole frame is here: the common case, in one step.
-            self._pos = pos + head + length
-            return self._data(_take(buf, pos + head, pos + head + length, key), bool(fin), True)
         # Only part of the payload is here: take what there is, wait for the rest.
         self._pos = pos + head
-        self._frame_op, self._frame_fin, self._frame_left = opcode, bool(fin), length
+        self._msg_op, self._msg_flags = message_op, flags & COMPRESSED
+        self._frame_flags, self._frame_fin, self._frame_left = flags, bool(fin), length
         self._frame_key, self._frame_done = key, 0
         return self._continue_frame()
 
-    def _continue_frame(self) -> Event | None:
+    def _extended_length(self, length: int, available: int) -> tuple[int, int]:
+        """``(header size without the mask, payload length)``; ``(0, 0)`` if not all here."""
+        buf, pos = self._buf, self._pos
+        if length == 126:
+            if available < 4:
+                return 0, 0
+            (length,) = _SHORT.unpack_from(buf, pos + 2)
+            if length < 126:
+                raise FrameError(1002, "frame length not in its shortest form")
+            return 4, length
+        if available < 10:
+            return 0, 0
+        (length,) = _LONG.unpack_from(buf, pos + 2)
+        if length < 65536 or length >> 63:
+            raise FrameError(1002, "frame length not in its shortest form, or too large")
+        return 10, length
+
+    def _check_header(self, first: int, masked: int, opcode: int, length: int) -> None:
+        if bool(masked) != self._expect_mask:
+            what = "unmasked frame from a client" if self._expect_mask else "masked frame from a server"
+            raise FrameError(1002, what)
+        rsv = first & 0x70
+        if rsv and not (rsv == 0x40 and self._rsv1_ok and opcode in (TEXT, BINARY)):
+            raise FrameError(1002, "reserved bit set without an extension that defines it")
+        if opcode >= 0x8:
+            if opcode > OP_PONG:
+                raise FrameError(1002, f"reserved control opcode {opcode:#x}")
+            if not first & 0x80:
+                raise FrameError(1002, "fragmented control frame")
+            if length > 125:
+                raise FrameError(1002, "control frame longer than 125 bytes")
+        elif opcode == CONTINUATION:
+            if not self._msg_op:
+                raise FrameError(1002, "continuation frame without a message to continue")
+        elif opcode > BINARY:
+            raise FrameError(1002, f"reserved data opcode {opcode:#x}")
+        elif self._msg_op:
+            raise FrameError(1002, "new message before the previous one ended")
+
+    def _continue_frame(self) -> Piece | None:
         buf, pos = self._buf, self._pos
         take = min(len(buf) - pos, self._frame_left)
         if take == 0:
@@ -289,117 +248,22 @@ class Parser:
         payload = _take(buf, pos, pos + take, key)
         self._pos = pos + take
         self._frame_done += take
-        self._frame_left -= take
-        return self._data(payload, self._frame_fin, self._frame_left == 0)
-
-    def _control(self, opcode: int, payload: bytes) -> Event:
-        if opcode == OP_PING:
-            return (PING, payload)
-        if opcode == OP_PONG:
-            return (PONG, payload)
-        # A Close frame: no payload, or a code and a UTF-8 reason.
-        if not payload:
-            code, reason = 1005, ""
-        elif len(payload) == 1:
-            raise FrameError(1002, "Close frame with a 1-byte payload")
-        else:
-            (code,) = _SHORT.unpack_from(payload)
-            if code not in _VALID_CODES and not 3000 <= code <= 4999:
-                raise FrameError(1002, f"Close frame with an invalid code {code}")
-            try:
-                reason = payload[2:].decode("utf-8")
-            except UnicodeDecodeError:
-                raise FrameError(1007, "Close frame with a reason that is not UTF-8") from None
-        # Nothing after a Close is parsed: the peer may send nothing more.
-        self._dead = FrameError(1002, "data after a Close frame")
-        return (CLOSE, (code, reason))
-
-    # --- messages ------------------------------------------------------------------------
-
-    def _start_message(self, opcode: int, compressed: bool) -> None:
-        self._msg_op = opcode
-        self._msg_compressed = compressed
-        self._msg_size = 0
-        self._discarding = False
-        if compressed:
-            assert self._deflate is not None
-            self._deflate.start_inbound(text=opcode == TEXT)
-
-    def _data(self, payload: bytes, fin: bool, frame_complete: bool) -> Event:
-        """A piece of a message's payload; the message when it is complete."""
-        last = fin and frame_complete
-        if self._msg_compressed and not self._discarding:
-            assert self._deflate is not None
-            inflated = self._deflate.inflate(payload, self._max - self._msg_size, last)
-            if isinstance(inflated, int):  # a close code: bad data, or too big
-                if inflated == 1009:
-                    return self._too_big(last)
-                raise FrameError(inflated, "invalid permessage-deflate data")
-            payload = inflated
-        if self._discarding:
-            if last:
-                self._end_message()
-            return _NOTHING
-        text = self._msg_op == TEXT
-        if last and self._msg_bytes is None and self._msg_text is None and self._decoder is None:
-            # A whole message in one piece: no assembly.
-            message: str | bytes = _utf8(payload) if text else payload
-            if len(message) > self._max:
-                return self._too_big(last)
-            self._end_message()
-            return (MESSAGE, message)
-        if text:
-            if self._decoder is None:
-                self._decoder = codecs.getincrementaldecoder("utf-8")()
-                self._msg_text = io.StringIO()
-            try:
-                piece = self._decoder.decode(payload, last)
-            except UnicodeDecodeError as exc:
-                raise FrameError(1007, f"invalid UTF-8 in a text message: {exc.reason}") from None
-            self._msg_size += len(piece)
-            if self._msg_size > self._max:
-                return self._too_big(last)
-            assert self._msg_text is not None
-            self._msg_text.write(piece)
-            if not last:
-                return _NOTHING
-            message = self._msg_text.getvalue()
-        else:
-            self._msg_size += len(payload)
-            if self._msg_size > self._max:
-                return self._too_big(last)
-            if self._msg_bytes is None:
-                self._msg_bytes = bytearray(payload)
-            else:
-                self._msg_bytes += payload
-            if not last:
-                return _NOTHING
-            message = bytes(self._msg_bytes)
-        self._end_message()
-        return (MESSAGE, message)
-
-    def _too_big(self, last: bool) -> Event:
-        limit = self._max
-        if last:
-            self._end_message()
-        else:
-            self._discarding = True
-            self._msg_bytes = self._msg_text = None
-            self._decoder = None
-        raise FrameError(1009, f"message is larger than max_message_size ({limit} bytes)")
-
-    def _end_message(self) -> None:
-        if self._msg_compressed and self._deflate is not None:
-            self._deflate.end_inbound()
-        self._msg_op = 0
-        self._msg_compressed = False
-        self._msg_size = 0
-        self._msg_bytes = self._msg_text = None
-        self._decoder = None
-        self._discarding = False
+        self._frame_left = self.wants = self._frame_left - take
+        opcode, flags = self._msg_op, self._frame_flags
+        self._frame_flags = flags & ~FIRST
+        if self._frame_left == 0 and self._frame_fin:
+            flags |= LAST
+            self._msg_op = 0
+        return (opcode, payload, flags)
 
 
-_NOTHING: Final[Event] = (0, None)  # a piece was taken, no event yet
+def _take(buf: bytearray, start: int, end: int, key: bytes) -> bytes:
+    """``buf[start:end]`` as bytes, unmasked with ``key`` if any: one copy, not two."""
+    view = memoryview(buf)[start:end]
+    try:
+        return apply_mask(view, key) if key else view.tobytes()
+    finally:
+        view.release()
 
 
 # --- writing ------------------------------------------------------------------------------

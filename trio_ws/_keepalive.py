@@ -7,7 +7,7 @@ What keepalive means for an application that stopped reading: while a
 received message waits for ``get_message()`` and the queue is full, the
 reader task does not read the socket (that is how a slow reader pushes back
 on the peer), so a pong could not be seen either.  Keepalive therefore
-pauses while the reader is blocked that way: it never closes a connection
+pauses while the reader is paused that way: it never closes a connection
 because the *application* was slow.  It resumes, and checks the peer, as
 soon as the application reads again.
 """
@@ -23,23 +23,15 @@ from ._errors import ConnectionClosed
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
 
-__all__ = ["check_keepalive_args", "keepalive"]
+__all__ = ["keepalive"]
 
 
-def check_keepalive_args(ping_interval: float | None, ping_timeout: float | None) -> None:
-    if ping_interval is not None and not ping_interval > 0:
-        raise ValueError(f"ping_interval must be a positive number of seconds or None, not {ping_interval!r}")
-    if ping_timeout is not None and not ping_timeout > 0:
-        raise ValueError(f"ping_timeout must be a positive number of seconds or None, not {ping_timeout!r}")
-
-
-async def keepalive(connection: WebSocketConnection, interval: float, timeout: float) -> None:
-    """Run for the connection's life, in the reader task's nursery."""
-    await connection._handshake_done.wait()  # client: the response came; server: the request did
-    await connection._decided.wait()  # server: accepted (or not); set at once for a client
-    while connection.state is connection.state.OPEN:
+async def keepalive(connection: WebSocketConnection, interval: float, timeout: float, close_timeout: float) -> None:
+    """Run for the connection's life, in its reader task's nursery (which starts once it is OPEN)."""
+    open_ = connection.state.OPEN
+    while connection.state is open_:
         await trio.sleep(interval)
-        if connection._reader_blocked:
+        if connection._reader_paused():
             continue  # the application is not reading: not the peer's fault
         started = trio.current_time()
         try:
@@ -48,8 +40,8 @@ async def keepalive(connection: WebSocketConnection, interval: float, timeout: f
         except ConnectionClosed:
             return
         if not waiting.cancelled_caught:
-            connection._latency = trio.current_time() - started
-        elif not connection._reader_blocked:
+            connection._record_latency(trio.current_time() - started)
+        elif not connection._reader_paused():
             reason = f"keepalive: no pong within {timeout:g} s"
-            await connection._close_within(1011, reason, min(timeout, connection._disconnect_timeout))
+            await connection._close_within(1011, reason, min(timeout, close_timeout))
             return

@@ -8,21 +8,13 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import trio
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
 
-from ._connection import (
-    CONN_TIMEOUT,
-    MAX_MESSAGE_SIZE,
-    MESSAGE_QUEUE_SIZE,
-    RECEIVE_BYTES,
-    ConnectionState,
-    WebSocketConnection,
-    check_compression,
-)
+from ._connection import ConnectionState, WebSocketConnection
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
-from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status, http_response
-from ._keepalive import check_keepalive_args
+from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
+from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, Options
 
 __all__ = [
     "HTTPHandler",
@@ -49,11 +41,6 @@ _SERVER_ERROR = HTTPResponse(
     500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n"
 )
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
-_OVERLOADED = http_response(
-    503,
-    [(b"Retry-After", b"1"), (b"Content-Type", b"text/plain; charset=utf-8")],
-    b"503 Service Unavailable: too many connections; try again later\n",
-)
 # accept() errors that mean "not now" (out of descriptors or memory), not "never".
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -65,11 +52,18 @@ class WebSocketRequest:
     connection) or :meth:`reject` (which sends an HTTP response).
     """
 
-    __slots__ = ("__dict__", "__weakref__", "_connection", "_event")  # __dict__: applications may add attributes
+    # __dict__: applications may add attributes
+    __slots__ = ("__dict__", "__weakref__", "_connection", "_event", "_reader_nursery", "_shield")
 
-    def __init__(self, connection: WebSocketConnection, event: UpgradeRequest) -> None:
+    def __init__(
+        self, connection: WebSocketConnection, event: UpgradeRequest, reader_nursery: trio.Nursery, shield: bool
+    ) -> None:
         self._connection = connection
         self._event = event
+        # Where accept() starts the connection's reader, and whether it is
+        # shielded (see WebSocketConnection._start_reader).
+        self._reader_nursery = reader_nursery
+        self._shield = shield
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -130,7 +124,7 @@ class WebSocketRequest:
         :raises RuntimeError: the request was already accepted or rejected.
         :raises ConnectionClosed: the client has gone.
         """
-        await self._connection._accept(subprotocol, extra_headers)
+        await self._connection._accept(subprotocol, extra_headers, self._reader_nursery, self._shield)
         return self._connection
 
     async def reject(
@@ -148,7 +142,7 @@ class WebSocketRequest:
         :raises ValueError: the status code or a header is invalid.
         :raises RuntimeError: the request was already accepted or rejected.
         """
-        await self._connection._reject(status_code, extra_headers, body or b"")
+        await self._connection._respond(status_code, extra_headers, body or b"")
 
 
 async def wrap_server_stream(
@@ -165,16 +159,15 @@ async def wrap_server_stream(
 ) -> WebSocketRequest:
     """Read a client's opening handshake from a stream you accepted yourself.
 
-    The connection's reader task runs in ``nursery``.  Answer the returned
-    request with :meth:`~WebSocketRequest.accept` or
-    :meth:`~WebSocketRequest.reject`; close the connection when done.
+    The request is read in the calling task; once accepted, the connection's
+    reader task runs in ``nursery``.  Answer the returned request with
+    :meth:`~WebSocketRequest.accept` or :meth:`~WebSocketRequest.reject`;
+    close the connection when done.
 
     :raises HandshakeError: the client sent no valid handshake (it got a 4xx
         response: 400, 426, 431...) or went away first.
     """
-    connection = WebSocketConnection(
-        stream,
-        WSConnection(ConnectionType.SERVER),
+    options = Options(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
@@ -183,9 +176,9 @@ async def wrap_server_stream(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
     )
-    nursery.start_soon(connection._reader_task)
+    connection = WebSocketConnection(stream, ConnectionType.SERVER, _options=options)
     try:
-        event = await connection._get_request()
+        event = await connection._read_request()
         if isinstance(event, HTTPRequest):
             await _answer_http(connection, event, None)
             raise HandshakeError(f"not a WebSocket request: {event.method} {event.target} (answered 426)")
@@ -193,8 +186,9 @@ async def wrap_server_stream(
         await connection._abort("the opening handshake did not complete")
         raise
     if event is None:
-        raise connection._handshake_error or HandshakeError("the client closed the connection before its handshake")
-    return WebSocketRequest(connection, event)
+        error = connection._handshake_error()
+        raise error or HandshakeError("the client closed the connection before its handshake")
+    return WebSocketRequest(connection, event, nursery, False)
 
 
 async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, handler: HTTPHandler | None) -> None:
@@ -221,7 +215,10 @@ async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, ha
     except (TypeError, ValueError):
         logger.exception("HTTP handler %r: invalid response to %s %s", handler, request.method, request.target)
         status, headers, body = _SERVER_ERROR.status_code, _SERVER_ERROR.headers, _SERVER_ERROR.body
-    await connection._respond(status, headers, body)
+    try:
+        await connection._respond(status, headers, body)
+    except ConnectionClosed:
+        pass  # the client left
 
 
 def _check_max_connections(max_connections: int | None) -> int | None:
@@ -317,22 +314,24 @@ class WebSocketServer:
         origins: Iterable[str | None] | None = None,
         http_handler: HTTPHandler | None = None,
         max_connections: int | None = None,
+        _options: Options | None = None,
     ) -> None:
         if len(listeners) == 0:
             raise ValueError("Listeners must contain at least one item.")
         self._handler = handler
         self._handler_nursery = handler_nursery
         self._listeners = list(listeners)
-        self._message_queue_size = message_queue_size
-        self._max_message_size = max_message_size
-        self._receive_buffer_size = receive_buffer_size
-        self._connect_timeout = connect_timeout
-        self._disconnect_timeout = disconnect_timeout
-        check_compression(compression)
-        check_keepalive_args(ping_interval, ping_timeout)
-        self._compression = compression
-        self._ping_interval = ping_interval
-        self._ping_timeout = ping_timeout
+        # One frozen object that every connection of this server shares.
+        self._options = _options or Options(
+            message_queue_size=message_queue_size,
+            max_message_size=max_message_size,
+            receive_buffer_size=receive_buffer_size,
+            connect_timeout=connect_timeout,
+            disconnect_timeout=disconnect_timeout,
+            compression=compression,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )
         self._origins = _origin_set(origins)
         self._http_handler = http_handler
         self._max_connections = _check_max_connections(max_connections)
@@ -404,10 +403,11 @@ class WebSocketServer:
         """
         self._accepting.cancel()
         with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self._disconnect_timeout
+            timeout = self._options.disconnect_timeout
+            scope.deadline = trio.current_time() + timeout
             async with trio.open_nursery() as nursery:
                 for connection in list(self._connections):
-                    nursery.start_soon(connection._close_within, 1001, "server shutting down", self._disconnect_timeout)
+                    nursery.start_soon(connection._close_within, 1001, "server shutting down", timeout)
             while self._serving:
                 await self._idle.wait()
         if self._serving:  # handlers that outlived the deadline
@@ -441,17 +441,8 @@ class WebSocketServer:
     async def _refuse_overload(self, stream: trio.abc.Stream) -> None:
         """More connections than ``max_connections``: answer 503 at once, and close."""
         logger.warning("max_connections (%d) reached: answering 503", self._max_connections)
-        with trio.move_on_after(self._connect_timeout):
-            try:
-                await stream.send_all(_OVERLOADED)
-                if isinstance(stream, trio.abc.HalfCloseableStream):
-                    await stream.send_eof()
-                    with trio.move_on_after(1):  # let the client read it (closing with unread data resets)
-                        while await stream.receive_some(65536):
-                            pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        await trio.aclose_forcefully(stream)
+        connection = WebSocketConnection(stream, ConnectionType.SERVER, _options=self._options)
+        await connection._refuse_within(503, self._options.connect_timeout, [(b"retry-after", b"1")])
 
     async def _handle_connection(self, stream: trio.abc.Stream, readers: trio.Nursery | None) -> None:
         # The connection's reader runs in ``readers``, the server's own
@@ -467,29 +458,14 @@ class WebSocketServer:
                 finally:
                     self._scopes.discard(nursery.cancel_scope)
             return
-        connection = WebSocketConnection(
-            stream,
-            WSConnection(ConnectionType.SERVER),
-            message_queue_size=self._message_queue_size,
-            max_message_size=self._max_message_size,
-            receive_buffer_size=self._receive_buffer_size,
-            disconnect_timeout=self._disconnect_timeout,
-            compression=self._compression,
-            ping_interval=self._ping_interval,
-            ping_timeout=self._ping_timeout,
-        )
+        connection = WebSocketConnection(stream, ConnectionType.SERVER, _options=self._options)
         self._serving += 1
         self._connections.add(connection)
-        # This task reads the request itself; accept() starts the reader in
-        # ``readers``.  Shielded: on server shutdown the reader must live on
-        # for the 1001 closing handshake; the finally clause below stops it.
-        connection._reader_nursery = readers
-        connection._reader_shield = True
         why = "the opening handshake did not complete within connect_timeout"
         try:
             event = None
-            with trio.move_on_after(self._connect_timeout):
-                event = await connection._get_request()
+            with trio.move_on_after(self._options.connect_timeout):
+                event = await connection._read_request()
             if isinstance(event, HTTPRequest):
                 why = "a plain HTTP request was answered"
                 await _answer_http(connection, event, self._http_handler)
@@ -500,42 +476,36 @@ class WebSocketServer:
             elif event is not None:
                 why = "the connection's handler ended"
                 # The handler runs here, not in a method of its own: one
-                # frame fewer kept for each connection while it lives.
+                # frame fewer kept for each connection while it lives.  Its
+                # reader starts at accept(), in ``readers``, shielded: on
+                # server shutdown it must live on for the 1001 closing
+                # handshake; the finally clause below stops it.
                 try:
-                    await self._handler(WebSocketRequest(connection, event))
+                    await self._handler(WebSocketRequest(connection, event, readers, True))
                 except BaseException as exc:
                     if _is_cancellation(exc):
-                        await self._end(connection, 1001, "server shutting down", 503)
+                        await connection._conclude(1001, "server shutting down", 503, self._options.disconnect_timeout)
                         raise
                     if _is_fatal(exc):
-                        await self._end(connection, 1011, "internal error", 500)
+                        await connection._conclude(1011, "internal error", 500, self._options.disconnect_timeout)
                         raise
                     if _is_own_connection_closed(exc, connection):
                         # The usual way for a handler to learn that its client left.
                         logger.debug("%s: handler ended by %r", connection, exc)
-                        await self._end(connection, 1000, None, 403)
+                        await connection._conclude(1000, None, 403, self._options.disconnect_timeout)
                     else:
                         logger.error("WebSocket handler %r failed on %s", self._handler, connection, exc_info=exc)
-                        await self._end(connection, 1011, "internal error", 500)
+                        await connection._conclude(1011, "internal error", 500, self._options.disconnect_timeout)
                 else:
-                    await self._end(connection, 1000, None, 403)
+                    await connection._conclude(1000, None, 403, self._options.disconnect_timeout)
         finally:
             # Normally closed already; this covers timeouts and cancellation.
             self._connections.discard(connection)
-            await connection._abort(why)
-            connection._stop_reader()
+            await connection._release(why)
             self._serving -= 1
             if not self._serving:
                 self._idle.set()
                 self._idle = trio.Event()
-
-    async def _end(self, connection: WebSocketConnection, code: int, reason: str | None, status: int) -> None:
-        """Close after the handler: refuse with ``status`` if it never answered the handshake."""
-        if connection.state is ConnectionState.CONNECTING and not connection._decision_made:
-            await connection._refuse_within(status, self._disconnect_timeout)
-        else:
-            await connection._close_within(code, reason, self._disconnect_timeout)
-
 
 async def serve_websocket(
     handler: Handler,
@@ -571,8 +541,16 @@ async def serve_websocket(
     :class:`WebSocketServer`.
     """
     # Bad arguments fail here, before any socket is opened.
-    check_compression(compression)
-    check_keepalive_args(ping_interval, ping_timeout)
+    options = Options(
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+        receive_buffer_size=receive_buffer_size,
+        connect_timeout=connect_timeout,
+        disconnect_timeout=disconnect_timeout,
+        compression=compression,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+    )
     _origin_set(origins)
     _check_max_connections(max_connections)
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]
@@ -584,16 +562,9 @@ async def serve_websocket(
         handler,
         listeners,
         handler_nursery=handler_nursery,
-        message_queue_size=message_queue_size,
-        max_message_size=max_message_size,
-        receive_buffer_size=receive_buffer_size,
-        connect_timeout=connect_timeout,
-        disconnect_timeout=disconnect_timeout,
-        compression=compression,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
         origins=origins,
         http_handler=http_handler,
         max_connections=max_connections,
+        _options=options,
     )
     await server.run(task_status=task_status)

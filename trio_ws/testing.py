@@ -17,12 +17,13 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
-from wsproto import ConnectionType, WSConnection
+from wsproto import ConnectionType
 
 from ._client import _handshake, _owned_connection
-from ._connection import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, WebSocketConnection
+from ._connection import WebSocketConnection
 from ._errors import HandshakeError
 from ._handshake import UpgradeRequest
+from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, Options
 from ._server import WebSocketRequest
 
 __all__ = ["websocket_pair"]
@@ -52,48 +53,41 @@ async def websocket_pair(
     offered = list(subprotocols or ())
     if subprotocol is not None and subprotocol not in offered:
         raise ValueError(f"subprotocol {subprotocol!r} was not proposed by the client (it offers {offered!r})")
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    server = WebSocketConnection(
-        server_stream,
-        WSConnection(ConnectionType.SERVER),
+    options = Options(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
+        receive_buffer_size=None,
         disconnect_timeout=disconnect_timeout,
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
     )
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = WebSocketConnection(server_stream, ConnectionType.SERVER, _options=options)
 
-    async def serve() -> None:
+    async def serve(nursery: trio.Nursery) -> None:
         try:
-            event = await server._get_request()
+            event = await server._read_request()
             if not isinstance(event, UpgradeRequest):  # pragma: no cover - our client sends a valid request
-                raise server._handshake_error or HandshakeError("no upgrade request")
-            await WebSocketRequest(server, event).accept(subprotocol=subprotocol)
+                raise server._handshake_error() or HandshakeError("no upgrade request")
+            # The server's reader is shielded, as the client's is in
+            # open_websocket: a cancelled body still gets its closing
+            # handshake.  It ends when the server closes its side after it.
+            await WebSocketRequest(server, event, nursery, True).accept(subprotocol=subprotocol)
         except BaseException:
             await server._abort("websocket_pair: the server side could not accept")
             raise
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
-        # Both readers are shielded, as in open_websocket: a cancelled body
-        # still gets its closing handshake.  The server's reader ends when
-        # the server closes its side after that handshake.
-        nursery.start_soon(server._reader_task, True)
-        nursery.start_soon(serve)
+        nursery.start_soon(serve, nursery)
         return await _handshake(
             nursery,
             client_stream,
             "testserver",
             path,
+            options,
             subprotocols=offered,
             extra_headers=None,
-            message_queue_size=message_queue_size,
-            max_message_size=max_message_size,
-            receive_buffer_size=None,
-            disconnect_timeout=disconnect_timeout,
-            compression=compression,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
             origin=None,
             shield_reader=True,
         )
@@ -105,7 +99,4 @@ async def websocket_pair(
             # Nobody reads the server side after the block: drop what is left,
             # so that a reader waiting on a full queue sees the client's Close,
             # and bound whatever else it has to do.
-            server._drop_inbox()
-            scope = server._reader_scope
-            if scope is not None and scope.deadline == float("inf"):
-                scope.deadline = trio.current_time() + disconnect_timeout
+            server._abandon(disconnect_timeout)
