@@ -1,27 +1,8 @@
 """WebSocketConnection: one WebSocket over one trio stream, client or server alike.
 
-The connection binds four pieces and does the I/O between them:
-
-- the protocol (``_protocol``), which decides everything about bytes and
-  states and never waits;
-- the transport (``_transport``), the only code that touches the stream;
-- the inbox (``_inbox``), where received messages wait for the application
-  and where backpressure comes from;
-- one reader task, started once the connection is OPEN, in a nursery its
-  owner can see: it reads, hands the protocol's events on (messages to the
-  inbox, pongs to ``ping()``), writes what the protocol queued (a Pong, the
-  reply to a Close) and ends the transport when the protocol says so.
-
-Writers (``send_message``, ``ping``, the reader's replies, the handshake's
-answers) take one FIFO lock, so frames never interleave, and the protocol
-refuses data after a Close.  Every path out of the reader task closes the
-transport, so a connection never outlives its reader, and its reader never
-outlives the nursery it runs in.
-
-The rest of the package (``_client``, ``_server``, ``_keepalive``,
-``testing``) uses only the public attributes and the methods listed under
-"The package's interface" below; nobody else reads or writes a connection's
-private attributes.
+The public object: its attributes (the browser's ``readyState``, ``url``,
+``protocol``, ``extensions``, ``bufferedAmount`` among them), its messages
+and its closing.  The I/O behind them is ``_engine.Engine``'s, its base class.
 """
 
 from __future__ import annotations
@@ -32,34 +13,26 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
-from http import HTTPStatus
 
 import trio
 from wsproto import ConnectionType, WSConnection
 
 from ._endpoint import Endpoint
-from ._errors import CloseReason, ConnectionClosed, HandshakeError
-from ._handshake import Headers, HTTPRequest, UpgradeRequest, caller_headers
-from ._inbox import Inbox
-from ._keepalive import keepalive
+from ._engine import Engine, PendingPing
+from ._errors import CloseReason, ConnectionClosed
+from ._handshake import UpgradeRequest, caller_headers
 from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, Options
 from ._protocol import (
     BINARY,
     MESSAGE,
-    PING,
-    PONG,
     TEXT,
-    YIELD,
     ClientProtocol,
-    Ending,
     Protocol,
     ServerProtocol,
     State,
     check_close_args,
     check_control_payload,
 )
-from ._sync import Flag, SendLock
-from ._transport import Transport, describe
 
 __all__ = [
     "CONN_TIMEOUT",
@@ -71,10 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trio_ws")
-
-_GRACE = 1.0  # seconds for a lingering close, and for the application to answer before a failure
-_NEED_DATA = 0  # what _deliver() returns when the protocol needs more bytes
-_HANDSHAKE_READ = 2**16  # a handshake read when receive_buffer_size is None (trio's default)
 
 
 class ConnectionState(enum.IntEnum):
@@ -104,15 +73,7 @@ def _handling_exception() -> bool:
     return sys.exc_info()[1] is not None
 
 
-class _PendingPing:
-    __slots__ = ("event", "ponged")
-
-    def __init__(self) -> None:
-        self.event = Flag()
-        self.ponged = False
-
-
-class WebSocketConnection(trio.abc.AsyncResource):
+class WebSocketConnection(Engine, trio.abc.AsyncResource):
     """A WebSocket connection, client or server side.
 
     You get one from :func:`open_websocket` / :func:`connect_websocket` (client)
@@ -122,25 +83,9 @@ class WebSocketConnection(trio.abc.AsyncResource):
 
     CONNECTION_ID = itertools.count()
 
-    # Slots: about 2 KiB less per connection than an instance dict.  __dict__
-    # stays, so that applications may still add attributes (as they could to
-    # trio-websocket's connections), at no cost until they do.
-    __slots__ = (
-        "__dict__",
-        "__weakref__",
-        "_buffered_amount",
-        "_closed",
-        "_id",
-        "_inbox",
-        "_latency",
-        "_options",
-        "_pings",
-        "_protocol",
-        "_reader",
-        "_send_lock",
-        "_timed_out",
-        "_transport",
-    )
+    # __dict__ stays, so that applications may still add attributes (as they
+    # could to trio-websocket's connections), at no cost until they do.
+    __slots__ = ("__dict__", "__weakref__")
 
     def __init__(
         self,
@@ -174,7 +119,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
         )
-        self._protocol: Protocol
+        protocol: Protocol
         if client:
             if host is None or path is None:
                 raise TypeError("a client connection needs host and path")
@@ -182,7 +127,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             for name, value in extra:
                 if name.lower() == b"host":  # the caller's Host replaces ours
                     host = value.decode("latin-1")
-            self._protocol = ClientProtocol(
+            protocol = ClientProtocol(
                 host=host,
                 target=path,
                 subprotocols=list(client_subprotocols or ()),
@@ -191,18 +136,8 @@ class WebSocketConnection(trio.abc.AsyncResource):
                 compression=options.compression,
             )
         else:
-            self._protocol = ServerProtocol(max_message_size=options.max_message_size, compression=options.compression)
-        self._id = next(self.CONNECTION_ID)
-        self._options = options
-        self._transport = Transport(stream, options.receive_buffer_size)
-        self._inbox = Inbox(options.message_queue_size)
-        self._send_lock = SendLock()
-        self._pings: dict[bytes, _PendingPing] = {}
-        self._reader: trio.CancelScope | None = None
-        self._closed = Flag()  # the transport is closed
-        self._timed_out = False  # ... because the closing handshake ran out of time
-        self._buffered_amount = 0
-        self._latency: float | None = None
+            protocol = ServerProtocol(max_message_size=options.max_message_size, compression=options.compression)
+        super().__init__(protocol, stream, options, next(self.CONNECTION_ID))
 
     # ------------------------------------------------------------------
     # Public attributes
@@ -389,7 +324,7 @@ class WebSocketConnection(trio.abc.AsyncResource):
             payload = check_control_payload(payload, "ping")
             if payload in self._pings:
                 raise ValueError(f"Payload value {payload!r} is already in flight.")
-        pending = _PendingPing()
+        pending = PendingPing()
         self._pings[payload] = pending
         try:
             async with self._send_lock:
@@ -435,368 +370,3 @@ class WebSocketConnection(trio.abc.AsyncResource):
         await self._close_within(code, reason, self._options.disconnect_timeout)
         if not _handling_exception():
             await trio.lowlevel.checkpoint_if_cancelled()
-
-    # ------------------------------------------------------------------
-    # The package's interface: what _client, _server, _keepalive and
-    # testing use, and nothing else does.
-
-    async def _open(self) -> None:
-        """Client: TLS handshake, the upgrade request, the server's answer, in the caller's task.
-
-        :raises HandshakeError: the handshake failed (:exc:`ConnectionRejected`
-            if the server answered with an HTTP response); the transport is closed.
-        """
-        transport = self._transport
-        try:
-            await transport.start_tls()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            cause = exc.__cause__ or exc
-            raise HandshakeError(f"TLS handshake failed: {cause}") from cause
-        try:
-            await transport.send_all(self._protocol.data_to_send())
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            cause = exc.__cause__ or exc
-            raise HandshakeError(f"could not send the opening handshake: {cause}") from cause
-        await self._read_handshake()
-        if self._protocol.handshake_error is not None:
-            raise self._protocol.handshake_error
-
-    async def _read_request(self) -> UpgradeRequest | HTTPRequest | None:
-        """Server: read the client's request in the caller's task (``None``: it failed, and
-        was answered with an HTTP error if it could be)."""
-        await self._read_handshake()
-        protocol = self._protocol
-        assert isinstance(protocol, ServerProtocol)
-        return protocol.request if protocol.state is State.CONNECTING else None
-
-    def _handshake_error(self) -> BaseException | None:
-        """What the opening handshake failed with, if it did."""
-        return self._protocol.handshake_error
-
-    async def _conclude(self, code: int, reason: str | None, status: int, timeout: float) -> None:
-        """Server, after the handler: close with ``code``, or refuse with HTTP ``status`` if the
-        handler never answered the handshake; shielded, at most ``timeout`` seconds."""
-        if self._protocol.state is State.CONNECTING:
-            await self._refuse_within(status, timeout)
-        else:
-            await self._close_within(code, reason, timeout)
-
-    async def _release(self, why: str) -> None:
-        """The owner is done with the connection: abort what is left of it (normally
-        nothing) and stop its reader."""
-        if not self._transport.closed:
-            await self._abort(why)
-        if self._reader is not None:
-            self._reader.cancel()
-
-    async def _accept(
-        self, subprotocol: str | None, extra_headers: Headers | None, reader_nursery: trio.Nursery, shield: bool
-    ) -> None:
-        """Server: answer 101 Switching Protocols, and start the reader in ``reader_nursery``."""
-        protocol = self._protocol
-        assert isinstance(protocol, ServerProtocol)
-        async with self._send_lock:
-            protocol.accept(subprotocol, extra_headers)  # checks its arguments first
-            await self._write(protocol.data_to_send())
-        reader_nursery.start_soon(self._reader_task, shield)
-
-    async def _respond(self, status_code: int, extra_headers: Headers | None, body: bytes) -> None:
-        """Server: answer with an HTTP response instead (a rejection, plain HTTP, an error), then close.
-
-        The one path for every HTTP answer but the 101: the protocol writes
-        the response, the transport lingers so that the client reads it.
-        """
-        protocol = self._protocol
-        assert isinstance(protocol, ServerProtocol)
-        protocol.respond(status_code, extra_headers, body)
-        await self._end_transport()
-
-    async def _refuse_within(self, status_code: int, timeout: float, headers: Headers | None = None) -> None:
-        """Server: refuse an undecided handshake with a plain-text response, shielded and bounded."""
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + timeout
-            body = f"{status_code} {HTTPStatus(status_code).phrase}\n".encode("ascii")
-            try:
-                await self._respond(status_code, [*(headers or ()), (b"content-type", b"text/plain; charset=utf-8")], body)
-            except (RuntimeError, ConnectionClosed):
-                pass
-        await self._abort("the handshake was refused")
-
-    def _start_reader(self, nursery: trio.Nursery, shield: bool) -> None:
-        """Run the reader in ``nursery``; ``shield`` if the owner closes the connection itself.
-
-        Shielded (``open_websocket``, the server): the reader ignores the
-        nursery's cancellation, because the owner closes the connection with a
-        closing handshake, which needs the reader, and then stops it
-        (:meth:`_stop_reader`).  Not shielded (``connect_websocket``): cancelling
-        the nursery aborts the connection (1006).
-        """
-        nursery.start_soon(self._reader_task, shield)
-
-    def _stop_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-
-    def _abandon(self, timeout: float) -> None:
-        """Nobody will read this connection again: drop unread messages (a paused reader
-        then sees the peer's Close) and bound what the reader still does by ``timeout``."""
-        self._inbox.drop()
-        self._bound_reader(timeout)
-
-    def _reader_paused(self) -> bool:
-        """The reader waits for the application to take a message (keepalive asks)."""
-        return self._inbox.reader_paused
-
-    def _record_latency(self, seconds: float) -> None:
-        self._latency = seconds
-
-    async def _close_within(self, code: int, reason: str | None, timeout: float) -> bool:
-        """Run the closing handshake, shielded, for at most ``timeout`` seconds.
-
-        Returns ``False`` if it ran out of time (the transport is closed either way).
-        """
-        if self._transport.closed:
-            return True  # nothing for this call to do, hence nothing to time out
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + timeout
-            await self._close_handshake(code, reason)
-        if not self._transport.closed:
-            self._timed_out = True
-            await self._abort(f"the closing handshake did not finish within {timeout:g} s")
-        return not self._timed_out
-
-    async def _abort(self, why: str) -> None:
-        """The connection cannot go on (transport lost, timeout): close it now (1006, unless
-        closing had already started with another code)."""
-        if not self._transport.closed:
-            logger.debug("%s aborted: %s", self, why)
-            self._protocol.abort(why)
-            await self._finish()
-
-    # ------------------------------------------------------------------
-    # Inside
-
-    async def _close_handshake(self, code: int, reason: str | None) -> None:
-        protocol = self._protocol
-        if protocol.state is State.CONNECTING or protocol.state is State.REFUSED:
-            # No Close frame can be sent before the opening handshake completes
-            # (nor after it failed; an HTTP answer cut short ends here too).
-            await self._abort("closed before the opening handshake completed")
-            return
-        if protocol.state.can_send:
-            protocol.close(code, reason)
-            self._closing()
-            # A local close drops the messages nobody read (trio-websocket's
-            # rule); it also wakes a reader paused on a full inbox, so that it
-            # can see the peer's Close.
-            self._inbox.drop()
-            await self._flush()
-        await self._closed.wait()  # the reader ends the transport, as the protocol says
-
-    def _closing(self) -> None:
-        """The protocol left OPEN: no message will come; pings fail; the reader gets a deadline."""
-        self._inbox.end()
-        if self._pings:
-            self._fail_pings()
-        self._bound_reader(self._options.disconnect_timeout)
-
-    def _fail_pings(self) -> None:
-        for pending in self._pings.values():
-            pending.event.set()
-        self._pings.clear()
-
-    def _bound_reader(self, timeout: float) -> None:
-        scope = self._reader
-        if scope is not None and scope.deadline == float("inf"):
-            scope.deadline = trio.current_time() + timeout
-
-    async def _finish(self) -> None:
-        """The transport closes: CLOSED, and everybody who waits on this connection wakes."""
-        if self._transport.closed:
-            return
-        self._protocol.connection_lost()
-        self._inbox.end()
-        if self._pings:
-            self._fail_pings()
-        self._closed.set()
-        await self._transport.aclose()
-
-    # --- writing ---------------------------------------------------------------------------
-
-    async def _write(self, data: bytes) -> None:
-        """Write bytes the protocol gave; the caller holds the send lock.  Transport errors abort."""
-        try:
-            await self._transport.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if not self._transport.closed:
-                await self._abort(f"the transport failed while sending ({describe(exc)})")
-            raise ConnectionClosed(self._protocol.close_reason) from None
-        except trio.Cancelled:
-            await self._abort("a send was cancelled part way through a frame; the stream cannot be resumed")
-            raise
-
-    async def _flush(self) -> None:
-        """Write what the protocol queued (a Pong, a Close, an HTTP answer); a failure
-        only ends the connection."""
-        if self._protocol.outgoing:
-            async with self._send_lock:
-                data = self._protocol.data_to_send()
-                if data:  # (another writer may have taken it meanwhile)
-                    try:
-                        await self._write(data)
-                    except ConnectionClosed:
-                        pass
-
-    async def _end_transport(self, ending: Ending | None = None) -> None:
-        """Write what is queued, then end the transport the way the protocol says
-        (``ending``, if the caller asked already), and finish."""
-        await self._flush()
-        ending = ending or self._protocol.ending
-        if ending is Ending.LINGER:
-            async with self._send_lock:
-                half_closed = await self._transport.send_eof()
-            if half_closed:
-                await self._transport.drain(_GRACE)
-        elif ending is Ending.DRAIN:
-            await self._transport.drain(_GRACE)
-        await self._finish()
-
-    # --- reading ---------------------------------------------------------------------------
-
-    async def _read_handshake(self) -> None:
-        """Read until the opening handshake has an outcome (run by the task opening the connection).
-
-        Client: OPEN, or a failure.  Server: the request is here for the
-        handler to decide on, or it failed (then it was answered and closed).
-        """
-        protocol, transport = self._protocol, self._transport
-        server = isinstance(protocol, ServerProtocol)
-        while protocol.state is State.CONNECTING and not (server and protocol.request is not None):  # type: ignore[attr-defined]
-            try:
-                data = await transport.receive(exactly=self._options.receive_buffer_size or _HANDSHAKE_READ)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                await self._abort(f"the transport failed during the opening handshake ({describe(exc)})")
-                return
-            protocol.receive_data(data)
-        if protocol.state is not State.CONNECTING and protocol.state is not State.OPEN:
-            await self._end_transport()
-
-    def _deliver(self) -> int:
-        """Hand the protocol's events on until it needs the reader; never waits, never writes.
-
-        Returns why it stopped: ``_NEED_DATA``, ``MESSAGE`` (the inbox is
-        full), or the kind of the event the reader must act on.
-        """
-        protocol, inbox = self._protocol, self._inbox
-        while True:
-            event = protocol.next_event()
-            if event is None:
-                return _NEED_DATA
-            kind, payload = event
-            if kind == MESSAGE:
-                if inbox.put(payload):  # type: ignore[arg-type]  # str | bytes
-                    return MESSAGE  # full
-            elif kind == PONG:
-                self._on_pong(payload)  # type: ignore[arg-type]  # bytes
-            else:
-                if kind != PING and kind != YIELD:  # CLOSE or VIOLATION: the protocol left OPEN
-                    self._closing()
-                return kind
-
-    def _on_pong(self, payload: bytes) -> None:
-        if payload not in self._pings:
-            return  # unsolicited, or for a ping that was cancelled
-        # A pong answers its ping and every ping sent before it.
-        for key in list(self._pings):
-            pending = self._pings.pop(key)
-            pending.ponged = True
-            pending.event.set()
-            if key == payload:
-                break
-
-    async def _reader_task(self, shield: bool = False) -> None:
-        """Read the stream until the connection ends; then close the transport.
-
-        Cancelled in a caller's nursery (not shielded), the task returns
-        instead of raising Cancelled: it has nothing left to do, and a quiet
-        exit keeps nurseries that hold connections from collecting Cancelled
-        exceptions into groups.
-        """
-        scope = self._reader = trio.CancelScope(shield=shield)
-        if self._protocol.state is not State.OPEN:
-            # Closing began before this task first ran (an accept() followed
-            # at once by a close): the bound _closing() puts on a running reader.
-            self._bound_reader(self._options.disconnect_timeout)
-        try:
-            with scope:
-                interval = self._options.ping_interval
-                if interval is None:
-                    await self._read_loop()
-                else:
-                    async with trio.open_nursery() as nursery:
-                        timeouts = (self._options.keepalive_timeout, self._options.disconnect_timeout)
-                        nursery.start_soon(keepalive, self, interval, *timeouts)
-                        await self._read_loop()
-                        nursery.cancel_scope.cancel()
-        except trio.Cancelled:
-            await self._abort("the connection's reader task was cancelled")
-            return
-        except BaseException:
-            await self._abort("internal error in the reader task")
-            raise
-        if self._transport.closed:
-            pass  # the usual end: the loop ended the transport
-        elif not scope.cancelled_caught or self._protocol.state is State.CLOSED:
-            await self._finish()  # (the wait for the peer's TCP close may have run out)
-        elif trio.current_time() >= scope.deadline:
-            self._timed_out = True
-            await self._abort(f"the closing handshake did not finish within {self._options.disconnect_timeout:g} s")
-        else:
-            await self._abort("the connection's reader task was stopped")
-
-    async def _read_loop(self) -> None:
-        protocol, transport, inbox = self._protocol, self._transport, self._inbox
-        while True:
-            stop = self._deliver()
-            if stop == MESSAGE:
-                await inbox.pause()  # the application is behind: TCP makes the peer wait
-                continue
-            if stop == YIELD:
-                await trio.lowlevel.checkpoint()  # many frames in a row: let others run
-                continue
-            if not protocol.state.delivering or protocol.outgoing:
-                # Something to act on, found here or by get_message(): a Pong
-                # or a Close to write, a fault to fail on, the end.
-                if protocol.state is State.VIOLATED:
-                    await self._fail()
-                ending = protocol.ending
-                if ending is not Ending.NOT_YET:
-                    await self._end_transport(ending)
-                    return
-                await self._flush()
-            if stop != _NEED_DATA:
-                continue
-            try:
-                data = await transport.receive(protocol.wants)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                if not transport.closed:
-                    await self._abort(f"the transport failed ({describe(exc)})")
-                return
-            protocol.receive_data(data)
-
-    async def _fail(self) -> None:
-        """The peer broke the protocol: let the application answer what came before, then Close.
-
-        The messages before the fault are valid and are delivered; an
-        application that answers them (an echo, a request and its response)
-        expects the answers to leave before our Close frame, and RFC 6455
-        test suites check exactly that.  So wait, briefly, until the
-        application has taken every message, then yield once: the task that
-        took the last one has started its reply and holds the send lock, so
-        our Close queues behind it.
-        """
-        await self._inbox.wait_taken(_GRACE)
-        await trio.lowlevel.checkpoint()
-        self._protocol.fail()
-        await self._flush()
-

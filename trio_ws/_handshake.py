@@ -206,14 +206,20 @@ def check_reject_status(status_code: int) -> None:
         raise ValueError(f"cannot reject a handshake with HTTP status {status_code}: use 200-599 (usually 4xx)")
 
 
-def http_response(status: int, headers: Headers, body: bytes, *, head: bool = False) -> bytes:
-    """A complete HTTP/1.1 response that ends the connection (we close after it)."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    lines = [f"HTTP/1.1 {status} {phrase}".encode("latin-1")]
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
+def http_response(status: int, headers: Headers, body: bytes = b"", *, head: bool = False) -> bytes:
+    """A complete HTTP/1.1 response: every answer a server sends is made here.
+
+    ``101`` (the opening handshake's success) keeps the connection; any
+    other status ends it (we close after it), so it gets ``Content-Length``
+    and ``Connection: close``.  ``head``: the answer to a HEAD request (no body).
+    """
+    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, '')}".encode("latin-1")]
     lines.extend(name + b": " + value for name, value in headers)
+    if status == 101:
+        return b"\r\n".join(lines) + b"\r\n\r\n"
     lines.append(b"Content-Length: " + str(len(body)).encode("ascii"))
     lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
@@ -398,18 +404,16 @@ class ServerHandshake:
         """The 101 response that completes the handshake."""
         # Header names in their usual spelling: HTTP says case does not
         # matter, but a few simple clients compare them as written.
-        lines = [
-            b"HTTP/1.1 101 Switching Protocols",
-            b"Upgrade: websocket",
-            b"Connection: Upgrade",
-            b"Sec-WebSocket-Accept: " + accept_token(request.key),
+        headers = [
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Accept", accept_token(request.key)),
         ]
         if subprotocol is not None:
-            lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1"))
+            headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1")))
         if extensions:
-            lines.append(b"Sec-WebSocket-Extensions: " + extensions.encode("latin-1"))
-        lines.extend(name + b": " + value for name, value in extra_headers)
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+            headers.append((b"Sec-WebSocket-Extensions", extensions.encode("latin-1")))
+        return http_response(101, headers + extra_headers)
 
 
 # --- the client side --------------------------------------------------------------------

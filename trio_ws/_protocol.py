@@ -421,9 +421,7 @@ class Protocol:
         """The opening handshake succeeded: frames from here on."""
         if not deflate_agreed:
             self._deflate = None
-        self._reader = FrameReader(
-            client=self._client, compression=deflate_agreed, max_whole=self._max_message_size
-        )
+        self._reader = FrameReader(client=self._client, compression=deflate_agreed, max_whole=self._max_message_size)
         self._assembler = MessageAssembler(self._max_message_size, self._deflate)
         self._reader.feed(trailing_data)
         self.state = _NEXT[self.state, _Input.OPENED]
@@ -609,4 +607,3 @@ class ClientProtocol(Protocol):
         self.subprotocol = accepted.subprotocol
         self.headers = accepted.headers
         self._opened(deflate is not None and deflate.enabled(), accepted.trailing_data)
-

@@ -37,9 +37,7 @@ _UPGRADE_REQUIRED = HTTPResponse(
     b"426 Upgrade Required: this is a WebSocket endpoint; connect with a WebSocket client (ws:// or wss://).\n",
 )
 _NOT_FOUND = HTTPResponse(404, [(b"content-type", b"text/plain; charset=utf-8")], b"404 Not Found\n")
-_SERVER_ERROR = HTTPResponse(
-    500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n"
-)
+_SERVER_ERROR = HTTPResponse(500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n")
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
 # accept() errors that mean "not now" (out of descriptors or memory), not "never".
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -506,6 +504,7 @@ class WebSocketServer:
             if not self._serving:
                 self._idle.set()
                 self._idle = trio.Event()
+
 
 async def serve_websocket(
     handler: Handler,

@@ -39,7 +39,7 @@ class WaitQueue:
             tasks.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        return trio.lowlevel.wait_task_rescheduled(abort)
+        return trio.lowlevel.wait_task_rescheduled(abort)  # noqa: ASYNC105 (awaited by the caller)
 
     def unpark(self) -> bool:
         """Wake the task that waited longest, if any; ``True`` if there was one."""
@@ -76,7 +76,7 @@ class Flag:
     def wait(self) -> Awaitable[object]:
         """``await flag.wait()``: until the flag is set; a checkpoint either way."""
         if self._is_set:
-            return trio.lowlevel.checkpoint()
+            return trio.lowlevel.checkpoint()  # noqa: ASYNC105 (awaited by the caller)
         if self._lot is None:
             self._lot = WaitQueue()
         return self._lot.park()
