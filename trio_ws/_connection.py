@@ -59,6 +59,7 @@ class ConnectionState(enum.IntEnum):
 # transport is closed, whatever the protocol's state).
 _PUBLIC_STATE = {
     State.CONNECTING: ConnectionState.CONNECTING,
+    State.REQUESTED: ConnectionState.CONNECTING,
     State.OPEN: ConnectionState.OPEN,
     State.VIOLATED: ConnectionState.OPEN,
     State.CLOSE_SENT: ConnectionState.CLOSING,

@@ -126,9 +126,8 @@ class Engine:
         """Server: read the client's request in the caller's task (``None``: it failed, and
         was answered with an HTTP error if it could be)."""
         await self._read_handshake()
-        protocol = self._protocol
-        assert isinstance(protocol, ServerProtocol)
-        return protocol.request if protocol.state is State.CONNECTING else None
+        protocol: ServerProtocol = self._protocol  # type: ignore[assignment]  # (no isinstance: a call)
+        return protocol.request if protocol.state is State.REQUESTED else None
 
     def _handshake_error(self) -> BaseException | None:
         """What the opening handshake failed with, if it did."""
@@ -137,7 +136,8 @@ class Engine:
     async def _conclude(self, code: int, reason: str | None, status: int, timeout: float) -> None:
         """Server, after the handler: close with ``code``, or refuse with HTTP ``status`` if the
         handler never answered the handshake; shielded, at most ``timeout`` seconds."""
-        if self._protocol.state is State.CONNECTING:
+        state = self._protocol.state
+        if state is State.REQUESTED or state is State.CONNECTING:
             await self._refuse_within(status, timeout)
         else:
             await self._close_within(code, reason, timeout)
@@ -154,8 +154,7 @@ class Engine:
         self, subprotocol: str | None, extra_headers: Headers | None, reader_nursery: trio.Nursery, shield: bool
     ) -> None:
         """Server: answer 101 Switching Protocols, and start the reader in ``reader_nursery``."""
-        protocol = self._protocol
-        assert isinstance(protocol, ServerProtocol)
+        protocol: ServerProtocol = self._protocol  # type: ignore[assignment]  # (no isinstance: a call)
         async with self._send_lock:
             protocol.accept(subprotocol, extra_headers)  # checks its arguments first
             await self._write(protocol.data_to_send())
@@ -167,8 +166,7 @@ class Engine:
         The one path for every HTTP answer but the 101: the protocol writes
         the response, the transport lingers so that the client reads it.
         """
-        protocol = self._protocol
-        assert isinstance(protocol, ServerProtocol)
+        protocol: ServerProtocol = self._protocol  # type: ignore[assignment]  # (no isinstance: a call)
         protocol.respond(status_code, extra_headers, body)
         await self._end_transport()
 
@@ -240,7 +238,8 @@ class Engine:
 
     async def _close_handshake(self, code: int, reason: str | None) -> None:
         protocol = self._protocol
-        if protocol.state is State.CONNECTING or protocol.state is State.REFUSED:
+        state = protocol.state
+        if state is State.CONNECTING or state is State.REQUESTED or state is State.REFUSED:
             # No Close frame can be sent before the opening handshake completes
             # (nor after it failed; an HTTP answer cut short ends here too).
             await self._abort("closed before the opening handshake completed")
@@ -339,15 +338,14 @@ class Engine:
         handler to decide on, or it failed (then it was answered and closed).
         """
         protocol, transport = self._protocol, self._transport
-        server = isinstance(protocol, ServerProtocol)
-        while protocol.state is State.CONNECTING and not (server and protocol.request is not None):  # type: ignore[attr-defined]
+        while protocol.state is State.CONNECTING:
             try:
                 data = await transport.receive(exactly=self._options.receive_buffer_size or _HANDSHAKE_READ)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await self._abort(f"the transport failed during the opening handshake ({describe(exc)})")
                 return
             protocol.receive_data(data)
-        if protocol.state is not State.CONNECTING and protocol.state is not State.OPEN:
+        if protocol.state.over:
             await self._end_transport()
 
     def _deliver(self) -> int:

@@ -206,7 +206,7 @@ def check_reject_status(status_code: int) -> None:
         raise ValueError(f"cannot reject a handshake with HTTP status {status_code}: use 200-599 (usually 4xx)")
 
 
-_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}".encode("latin-1") for status in HTTPStatus}
 
 
 def http_response(status: int, headers: Headers, body: bytes = b"", *, head: bool = False) -> bytes:
@@ -216,7 +216,10 @@ def http_response(status: int, headers: Headers, body: bytes = b"", *, head: boo
     other status ends it (we close after it), so it gets ``Content-Length``
     and ``Connection: close``.  ``head``: the answer to a HEAD request (no body).
     """
-    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, '')}".encode("latin-1")]
+    try:
+        lines = [_STATUS_LINES[status]]
+    except KeyError:  # a status without a registered phrase
+        lines = [f"HTTP/1.1 {status} ".encode("latin-1")]
     lines.extend(name + b": " + value for name, value in headers)
     if status == 101:
         return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -23,7 +23,7 @@ decides only *when*: nothing here waits, reads a clock, or writes.
 
 The states, and what moves a protocol from one to the next (``_NEXT``)::
 
-    CONNECTING -accept/101-> OPEN -close()-> CLOSE_SENT -peer's Close-> CLOSED
+    CONNECTING -(server: REQUESTED)-accept/101-> OPEN -close()-> CLOSE_SENT -peer's Close-> CLOSED
         |                     |  \\--peer's Close (answered)-------------^
         |                     |  \\--too big (Close 1009 queued)-> CLOSE_SENT
         |                     \\--broken rule-> VIOLATED -fail()/close()-> FAILED
@@ -130,29 +130,32 @@ def check_control_payload(payload: bytes, what: str) -> bytes:
 class State(enum.Enum):
     """A protocol's state; each carries what it allows (read as plain attributes: fast)."""
 
-    # name = (what it means, bytes are parsed, data may be sent, messages are delivered)
-    CONNECTING = ("the opening handshake is under way", True, False, False)
-    OPEN = ("messages go both ways", True, True, True)
-    VIOLATED = ("the peer broke the protocol; we may still send, then fail()", False, True, False)
-    CLOSE_SENT = ("our Close is queued; the peer's has not come", True, False, False)
-    CLOSED = ("a Close went each way: the closing handshake is complete", False, False, False)
-    FAILED = ("our Close after a violation, or a violation after our Close", False, False, False)
-    REFUSED = ("the opening handshake ended without a WebSocket", False, False, False)
-    ABORTED = ("the transport ended, or was given up, before the closing handshake", False, False, False)
+    # name = (what it means, bytes are parsed, data may be sent, messages are delivered, over)
+    CONNECTING = ("the opening handshake is under way", True, False, False, False)
+    REQUESTED = ("server: the client's request is read; the application decides", False, False, False, False)
+    OPEN = ("messages go both ways", True, True, True, False)
+    VIOLATED = ("the peer broke the protocol; we may still send, then fail()", False, True, False, False)
+    CLOSE_SENT = ("our Close is queued; the peer's has not come", True, False, False, False)
+    CLOSED = ("a Close went each way: the closing handshake is complete", False, False, False, True)
+    FAILED = ("our Close after a violation, or a violation after our Close", False, False, False, True)
+    REFUSED = ("the opening handshake ended without a WebSocket", False, False, False, True)
+    ABORTED = ("the transport ended, or was given up, before the closing handshake", False, False, False, True)
 
     # Identity is equality for these: hash in C, not through Enum's Python __hash__
     # (the transition table is looked up on every change of state).
     __hash__ = object.__hash__
 
-    def __init__(self, meaning: str, reading: bool, can_send: bool, delivering: bool) -> None:
+    def __init__(self, meaning: str, reading: bool, can_send: bool, delivering: bool, over: bool) -> None:
         self.meaning = meaning
         self.reading = reading
         self.can_send = can_send
         self.delivering = delivering
+        self.over = over  # nothing more will be read or sent: only the transport's end is left
 
 
 class _Input(enum.Enum):
     __hash__ = object.__hash__  # see State
+    REQUEST = enum.auto()  # a server read the client's request
     OPENED = enum.auto()
     REFUSED = enum.auto()
     CLOSE_SENT = enum.auto()
@@ -164,8 +167,11 @@ class _Input(enum.Enum):
 _S, _I = State, _Input
 # The transitions; any pair not here is a bug in the caller (or here).
 _NEXT: Final[dict[tuple[State, _Input], State]] = {
-    (_S.CONNECTING, _I.OPENED): _S.OPEN,
+    (_S.CONNECTING, _I.REQUEST): _S.REQUESTED,
+    (_S.CONNECTING, _I.OPENED): _S.OPEN,  # a client
     (_S.CONNECTING, _I.REFUSED): _S.REFUSED,
+    (_S.REQUESTED, _I.OPENED): _S.OPEN,
+    (_S.REQUESTED, _I.REFUSED): _S.REFUSED,
     (_S.OPEN, _I.CLOSE_SENT): _S.CLOSE_SENT,
     (_S.OPEN, _I.CLOSE_RECEIVED): _S.CLOSED,
     (_S.OPEN, _I.VIOLATION): _S.VIOLATED,
@@ -174,7 +180,7 @@ _NEXT: Final[dict[tuple[State, _Input], State]] = {
     (_S.CLOSE_SENT, _I.CLOSE_RECEIVED): _S.CLOSED,
     (_S.CLOSE_SENT, _I.VIOLATION): _S.FAILED,
 }
-for _state in (_S.CONNECTING, _S.OPEN, _S.VIOLATED, _S.CLOSE_SENT):
+for _state in (_S.CONNECTING, _S.REQUESTED, _S.OPEN, _S.VIOLATED, _S.CLOSE_SENT):
     _NEXT[_state, _I.ENDED] = _S.ABORTED
 for _state in (_S.CLOSED, _S.FAILED, _S.REFUSED, _S.ABORTED):
     _NEXT[_state, _I.ENDED] = _state  # the end after the end: nothing changes
@@ -250,7 +256,7 @@ class Protocol:
     def ending(self) -> Ending:
         """What to do with the transport now, after writing ``data_to_send()``."""
         state = self.state
-        if state.reading or state is State.VIOLATED:
+        if not state.over:
             return Ending.NOT_YET
         if state is State.ABORTED:
             return Ending.CLOSE
@@ -270,7 +276,7 @@ class Protocol:
         if not out:
             return b""
         data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
+        del out[:]
         return data
 
     # --- bytes in, events out ----------------------------------------------------------------
@@ -401,7 +407,7 @@ class Protocol:
 
     def connection_lost(self) -> None:
         """The transport is closed: the end, whatever the state.  ``was_clean`` is settled here."""
-        if self.state.reading or self.state.can_send:  # not at an end yet
+        if not self.state.over:
             self._ended("the connection closed")
         assert self.close_reason is not None
         if self.state is State.CLOSED:
@@ -410,7 +416,7 @@ class Protocol:
     # --- the state machine -------------------------------------------------------------------
 
     def _ended(self, why: str) -> None:
-        if self.state is State.CONNECTING and self.handshake_error is None:
+        if (self.state is State.CONNECTING or self.state is State.REQUESTED) and self.handshake_error is None:
             self.handshake_error = HandshakeError(why)
         if self.close_reason is None:
             self.close_reason = CloseReason(1006, why)
@@ -460,9 +466,9 @@ class ServerProtocol(Protocol):
         self.subprotocol: str | None = None
 
     def _receive_other(self, data: bytes | bytearray) -> None:
-        if self.state is State.CONNECTING and self._handshake is not None and self.request is None:
+        if self.state is State.CONNECTING and self._handshake is not None:
             self._handshake_data(bytes(data))  # at EOF, h11 words what is missing
-            if not data and self.state is State.CONNECTING and self.request is None:
+            if not data and self.state is State.CONNECTING:
                 self._ended("the client closed the connection before its handshake")
         else:
             super()._receive_other(data)
@@ -473,6 +479,9 @@ class ServerProtocol(Protocol):
             self.request = self._handshake.receive_data(data)
         except HandshakeFailure as exc:
             self._bad_request(exc)
+        else:
+            if self.request is not None:
+                self.state = _NEXT[self.state, _Input.REQUEST]
 
     def _bad_request(self, exc: HandshakeFailure) -> None:
         error = HandshakeError(f"invalid opening handshake (the client's request): {exc}")
@@ -482,11 +491,6 @@ class ServerProtocol(Protocol):
             headers = [*exc.headers, (b"content-type", b"text/plain; charset=utf-8")]
             self.outgoing.append(http_response(exc.status, headers, body))
         self._refused(f"opening handshake failed: {error!r}", error)
-
-    @property
-    def decided(self) -> bool:
-        """The request was answered (or the handshake ended otherwise)."""
-        return self.state is not State.CONNECTING
 
     def accept(self, subprotocol: str | None, extra_headers: Headers | None) -> None:
         """Answer the upgrade with 101 Switching Protocols (queued); OPEN from here on.
@@ -526,7 +530,7 @@ class ServerProtocol(Protocol):
         :raises ValueError: the status or a header is invalid.
         :raises RuntimeError: the request was answered already.
         """
-        if self.state is not State.CONNECTING:  # may come before the request (a 503 under load)
+        if self.state is not State.CONNECTING:  # (may come before the request: a 503 under load)
             self._undecided()
         request = self.request
         check_reject_status(status_code)
@@ -539,8 +543,8 @@ class ServerProtocol(Protocol):
         self._refused("Rejected WebSocket handshake", None)
 
     def _undecided(self) -> UpgradeRequest | HTTPRequest:
-        if self.state is not State.CONNECTING or self.request is None:
-            if self.state in (State.ABORTED, State.REFUSED) and self.request is not None:
+        if self.state is not State.REQUESTED or self.request is None:
+            if (self.state is State.ABORTED or self.state is State.REFUSED) and self.request is not None:
                 raise ConnectionClosed(self.close_reason)
             raise RuntimeError("this handshake was already accepted or rejected")
         return self.request
