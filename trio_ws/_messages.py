@@ -39,7 +39,7 @@ def _utf8(data: bytes) -> str:
 class MessageAssembler:
     """Joins, decodes, inflates and bounds the peer's messages."""
 
-    __slots__ = ("_bytes", "_decoder", "_deflate", "_discarding", "_max", "_size", "_text")
+    __slots__ = ("_bytes", "_decoder", "_deflate", "_discarding", "_inflating", "_max", "_size", "_text")
 
     def __init__(self, max_message_size: int, deflate: PerMessageDeflate | None) -> None:
         self._max = max_message_size
@@ -49,6 +49,11 @@ class MessageAssembler:
         self._text: io.StringIO | None = None  # a text message being joined...
         self._decoder: codecs.IncrementalDecoder | None = None  # ... and its UTF-8 decoder
         self._discarding = False  # the message passed max_message_size: drop the rest
+        # False after a compressed message passed max_message_size: the part
+        # of it that was dropped was never inflated, so the compression
+        # context is out of step with the peer's, and every later compressed
+        # message is dropped unread (the connection is closing anyway).
+        self._inflating = True
 
     def add(self, opcode: int, payload: bytes, flags: int) -> str | bytes | None:
         """A piece of a message (``flags``: FIRST, LAST, COMPRESSED); the message once complete.
@@ -56,6 +61,8 @@ class MessageAssembler:
         :raises FrameError: 1007 (invalid UTF-8 or compressed data), 1009 (too large).
         """
         last = flags & LAST
+        if flags & COMPRESSED and not self._inflating:
+            return None  # dropped: see _inflating
         if flags & COMPRESSED:
             if flags & FIRST:
                 assert self._deflate is not None  # the frame reader allows RSV1 only then
@@ -121,6 +128,8 @@ class MessageAssembler:
 
     def _too_big(self, flags: int) -> None:
         limit = self._max
+        if flags & COMPRESSED:
+            self._inflating = False
         if flags & LAST:
             self._end(flags)
         else:
