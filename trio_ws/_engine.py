@@ -28,6 +28,7 @@ this one and ``_connection`` touches a connection's private attributes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
@@ -158,7 +159,7 @@ class Engine:
         async with self._send_lock:
             protocol.accept(subprotocol, extra_headers)  # checks its arguments first
             await self._write(protocol.data_to_send())
-        reader_nursery.start_soon(self._reader_task, shield)
+        self._start_reader(reader_nursery, shield)
 
     async def _respond(self, status_code: int, extra_headers: Headers | None, body: bytes) -> None:
         """Server: answer with an HTTP response instead (a rejection, plain HTTP, an error), then close.
@@ -189,9 +190,18 @@ class Engine:
         nursery's cancellation, because the owner closes the connection with a
         closing handshake, which needs the reader, and then stops it
         (:meth:`_stop_reader`).  Not shielded (``connect_websocket``): cancelling
-        the nursery aborts the connection (1006).
+        the nursery aborts the connection (1006).  Keepalive, when asked for,
+        runs next to the reader and ends with the connection.
         """
         nursery.start_soon(self._reader_task, shield)
+        interval = self._options.ping_interval
+        if interval is not None:
+            timeouts = (self._options.keepalive_timeout, self._options.disconnect_timeout)
+            nursery.start_soon(keepalive, cast("WebSocketConnection", self), interval, *timeouts)
+
+    def _wait_closed(self) -> Awaitable[object]:
+        """``await``: until the transport is closed."""
+        return self._closed.wait()
 
     def _stop_reader(self) -> None:
         if self._reader is not None:
@@ -387,69 +397,62 @@ class Engine:
         Cancelled in a caller's nursery (not shielded), the task returns
         instead of raising Cancelled: it has nothing left to do, and a quiet
         exit keeps nurseries that hold connections from collecting Cancelled
-        exceptions into groups.
+        exceptions into groups.  (The loop is in this one coroutine on
+        purpose: an idle connection keeps its reader's frames for as long as
+        it lives, and each frame is a few hundred bytes.)
         """
         scope = self._reader = trio.CancelScope(shield=shield)
-        if self._protocol.state is not State.OPEN:
+        protocol, transport, inbox = self._protocol, self._transport, self._inbox
+        if not protocol.state.delivering:
             # Closing began before this task first ran (an accept() followed
             # at once by a close): the bound _closing() puts on a running reader.
             self._bound_reader(self._options.disconnect_timeout)
         try:
             with scope:
-                interval = self._options.ping_interval
-                if interval is None:
-                    await self._read_loop()
-                else:
-                    async with trio.open_nursery() as nursery:
-                        timeouts = (self._options.keepalive_timeout, self._options.disconnect_timeout)
-                        nursery.start_soon(keepalive, cast("WebSocketConnection", self), interval, *timeouts)
-                        await self._read_loop()
-                        nursery.cancel_scope.cancel()
+                while True:
+                    stop = self._deliver()
+                    if stop == MESSAGE:
+                        await inbox.pause()  # the application is behind: TCP makes the peer wait
+                        continue
+                    if stop == YIELD:
+                        await trio.lowlevel.checkpoint()  # many frames in a row: let others run
+                        continue
+                    if not protocol.state.delivering or protocol.outgoing:
+                        # Something to act on, found here or by get_message(): a
+                        # Pong or a Close to write, a fault to fail on, the end.
+                        if protocol.state is State.VIOLATED:
+                            await self._fail()
+                        ending = protocol.ending
+                        if ending is not Ending.NOT_YET:
+                            await self._end_transport(ending)
+                            break
+                        await self._flush()
+                    if stop != _NEED_DATA:
+                        continue
+                    try:
+                        data = await transport.receive(protocol.wants)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        if not transport.closed:
+                            await self._abort(f"the transport failed ({describe(exc)})")
+                        break
+                    protocol.receive_data(data)
         except trio.Cancelled:
             await self._abort("the connection's reader task was cancelled")
             return
         except BaseException:
             await self._abort("internal error in the reader task")
             raise
-        if self._transport.closed:
-            pass  # the usual end: the loop ended the transport
-        elif not scope.cancelled_caught or self._protocol.state is State.CLOSED:
+        if not transport.closed:  # the reader was stopped, or its deadline passed
+            await self._reader_stopped(scope)
+
+    async def _reader_stopped(self, scope: trio.CancelScope) -> None:
+        if not scope.cancelled_caught or self._protocol.state is State.CLOSED:
             await self._finish()  # (the wait for the peer's TCP close may have run out)
         elif trio.current_time() >= scope.deadline:
             self._timed_out = True
             await self._abort(f"the closing handshake did not finish within {self._options.disconnect_timeout:g} s")
         else:
             await self._abort("the connection's reader task was stopped")
-
-    async def _read_loop(self) -> None:
-        protocol, transport, inbox = self._protocol, self._transport, self._inbox
-        while True:
-            stop = self._deliver()
-            if stop == MESSAGE:
-                await inbox.pause()  # the application is behind: TCP makes the peer wait
-                continue
-            if stop == YIELD:
-                await trio.lowlevel.checkpoint()  # many frames in a row: let others run
-                continue
-            if not protocol.state.delivering or protocol.outgoing:
-                # Something to act on, found here or by get_message(): a Pong
-                # or a Close to write, a fault to fail on, the end.
-                if protocol.state is State.VIOLATED:
-                    await self._fail()
-                ending = protocol.ending
-                if ending is not Ending.NOT_YET:
-                    await self._end_transport(ending)
-                    return
-                await self._flush()
-            if stop != _NEED_DATA:
-                continue
-            try:
-                data = await transport.receive(protocol.wants)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                if not transport.closed:
-                    await self._abort(f"the transport failed ({describe(exc)})")
-                return
-            protocol.receive_data(data)
 
     async def _fail(self) -> None:
         """The peer broke the protocol: let the application answer what came before, then Close.

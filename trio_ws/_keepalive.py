@@ -27,10 +27,13 @@ __all__ = ["keepalive"]
 
 
 async def keepalive(connection: WebSocketConnection, interval: float, timeout: float, close_timeout: float) -> None:
-    """Run for the connection's life, in its reader task's nursery (which starts once it is OPEN)."""
+    """Run for the connection's life, next to its reader (both start once it is OPEN)."""
     open_ = connection.state.OPEN
     while connection.state is open_:
-        await trio.sleep(interval)
+        with trio.move_on_after(interval):
+            await connection._wait_closed()  # so that keepalive ends with the connection
+        if connection.state is not open_:
+            return
         if connection._reader_paused():
             continue  # the application is not reading: not the peer's fault
         started = trio.current_time()
