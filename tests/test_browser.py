@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -46,6 +47,10 @@ from .conftest import HOST, echo_loop
 PAGE_HTML = (Path(__file__).parent / "browser_page.html").read_bytes()
 TEXT = "h\u00e9llo \u4e16\u754c \U0001f600"
 TIMEOUT = 20  # seconds; no scenario needs more than a few
+
+# A tab of its own (CDP commands bounded by CDP_TIMEOUT, 30 s) and a scenario
+# bounded by TIMEOUT: more than conftest's default deadline.
+pytestmark = pytest.mark.deadline(120)
 
 
 # --- fixtures ---------------------------------------------------------------
@@ -688,7 +693,7 @@ async def test_too_big_a_message_from_the_page(nursery: trio.Nursery, page: Brow
 
 
 async def test_handler_error_closes_with_1011(
-    nursery: trio.Nursery, page: BrowserPage, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, page: BrowserPage, logged_errors: list[logging.LogRecord]
 ) -> None:
     async def handler(request: WebSocketRequest) -> None:
         conn = await request.accept()
@@ -707,7 +712,9 @@ async def test_handler_error_closes_with_1011(
             site.ws_url,
         )
     assert result["close"] == {"code": 1011, "reason": "internal error", "wasClean": True}
-    assert any(record.exc_info and "a bug in the handler" in str(record.exc_info[1]) for record in caplog.records)
+    assert len(logged_errors) == 1
+    assert logged_errors[0].exc_info is not None
+    assert str(logged_errors[0].exc_info[1]) == "a bug in the handler"
 
 
 async def test_server_shutdown_closes_with_1001(nursery: trio.Nursery, page: BrowserPage) -> None:

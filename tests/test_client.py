@@ -30,7 +30,16 @@ from trio_ws import (
     wrap_server_stream,
 )
 
-from .conftest import HOST, RESOURCE, RawServerPeer, close_payload, frame, start_raw_server, start_server
+from .conftest import (
+    HOST,
+    RESOURCE,
+    MemoryNetwork,
+    RawServerPeer,
+    close_payload,
+    frame,
+    start_raw_server,
+    start_server,
+)
 
 
 def closed_port() -> int:
@@ -225,17 +234,17 @@ async def test_cancelled_body_still_closes_cleanly(nursery: trio.Nursery) -> Non
 
 
 async def test_cancelled_body_with_silent_peer_ends_within_disconnect_timeout(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.accept()
         await trio.sleep_forever()  # never reads, so never answers the Close
 
     # A queue of 0 and one unread message block the server's reader.
-    server = await start_server(nursery, handler, message_queue_size=0)
+    await memory_network.start_server(nursery, handler, message_queue_size=0)
     start = trio.current_time()
     with trio.move_on_after(1) as scope:
-        async with open_websocket(HOST, server.port, "/", use_ssl=False, disconnect_timeout=5) as ws:
+        async with open_websocket(HOST, memory_network.port, "/", use_ssl=False, disconnect_timeout=5) as ws:
             await ws.send_message("blocks the server's reader")
             await trio.sleep_forever()
     assert scope.cancelled_caught
@@ -246,41 +255,45 @@ async def test_cancelled_body_with_silent_peer_ends_within_disconnect_timeout(
     assert not ws.closed.was_clean
 
 
-async def test_disconnection_timeout(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    async def handler(request: WebSocketRequest) -> None:
-        await request.accept()
-        await trio.sleep_forever()
-
-    server = await start_server(nursery, handler, message_queue_size=0)
-    with pytest.raises(DisconnectionTimeout):
-        async with open_websocket(HOST, server.port, "/", use_ssl=False, disconnect_timeout=2) as ws:
-            await ws.send_message("blocks the server's reader")
-    assert ws.state is ConnectionState.CLOSED
-
-
-async def test_body_error_wins_over_disconnection_timeout(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+async def test_disconnection_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.accept()
         await trio.sleep_forever()
 
-    server = await start_server(nursery, handler, message_queue_size=0)
+    await memory_network.start_server(nursery, handler, message_queue_size=0)
+    with pytest.raises(DisconnectionTimeout):
+        async with open_websocket(HOST, memory_network.port, "/", use_ssl=False, disconnect_timeout=2) as ws:
+            await ws.send_message("blocks the server's reader")
+    assert ws.state is ConnectionState.CLOSED
+
+
+async def test_body_error_wins_over_disconnection_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.accept()
+        await trio.sleep_forever()
+
+    await memory_network.start_server(nursery, handler, message_queue_size=0)
     with pytest.raises(KeyError):
-        async with open_websocket(HOST, server.port, "/", use_ssl=False, disconnect_timeout=2) as ws:
+        async with open_websocket(HOST, memory_network.port, "/", use_ssl=False, disconnect_timeout=2) as ws:
             await ws.send_message("blocks the server's reader")
             raise KeyError("mine")
 
 
-async def test_connect_timeout(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_connect_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await trio.sleep(10)
         await request.accept()  # pragma: no cover
 
-    server = await start_server(nursery, handler)
+    await memory_network.start_server(nursery, handler)
     start = trio.current_time()
     with pytest.raises(ConnectionTimeout):
-        async with open_websocket(HOST, server.port, "/", use_ssl=False, connect_timeout=3):
+        async with open_websocket(HOST, memory_network.port, "/", use_ssl=False, connect_timeout=3):
             pytest.fail("must not connect")  # pragma: no cover
     assert trio.current_time() - start == pytest.approx(3)
 
@@ -471,14 +484,14 @@ async def test_client_sends_close_before_eof_from_server(nursery: trio.Nursery) 
 
 
 async def test_explicit_aclose_timeout_is_not_raised_again_at_exit(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.accept()
         await trio.sleep_forever()
 
-    server = await start_server(nursery, handler, message_queue_size=0)
-    async with open_websocket(HOST, server.port, "/", use_ssl=False, disconnect_timeout=2) as ws:
+    await memory_network.start_server(nursery, handler, message_queue_size=0)
+    async with open_websocket(HOST, memory_network.port, "/", use_ssl=False, disconnect_timeout=2) as ws:
         await ws.send_message("blocks the server's reader")
         await ws.aclose()  # times out, quietly: aclose() does not raise
         assert ws.closed is not None
@@ -527,7 +540,7 @@ async def test_a_crash_in_the_reader_comes_out_unwrapped(
     """Only a bug gets here; it must still not reach the user as an ExceptionGroup."""
     bug = RuntimeError("bug in the reader")
 
-    async def broken(event: object) -> None:
+    def broken() -> int:
         raise bug
 
     async def handler(request: WebSocketRequest) -> None:
@@ -540,14 +553,14 @@ async def test_a_crash_in_the_reader_comes_out_unwrapped(
     # The reader of this one client connection is broken, once its body runs.
     with pytest.raises(RuntimeError) as info:
         async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
-            monkeypatch.setattr(ws, "_on_message", broken)
+            monkeypatch.setattr(ws, "_deliver", broken)
             await ws.send_message("go")
             await trio.sleep_forever()
     assert info.value is bug
     # When the body raises too, the body's exception wins, with the bug in its context.
     with pytest.raises(KeyError) as info2:
         async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
-            monkeypatch.setattr(ws, "_on_message", broken)
+            monkeypatch.setattr(ws, "_deliver", broken)
             await ws.send_message("go")
             try:
                 await trio.sleep_forever()

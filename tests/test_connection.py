@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from trio_ws import (
+    CloseReason,
     ConnectionClosed,
     ConnectionState,
     WebSocketConnection,
@@ -28,6 +29,7 @@ from .conftest import (
     HOST,
     UPGRADE_REQUEST,
     CloseWatcher,
+    MemoryNetwork,
     RawClient,
     RawServerPeer,
     close_payload,
@@ -201,7 +203,7 @@ async def test_a_flood_of_input_does_not_starve_other_tasks(
 ) -> None:
     """The reader reads a plain socket directly; while data keeps coming it still yields."""
     # Keep every read small, so that the flood takes many reads.
-    monkeypatch.setattr("trio_ws._connection._MORE_WAITING_READ", 256)
+    monkeypatch.setattr("trio_ws._transport._MORE_WAITING_READ", 256)
     count = 8000
     all_sent = trio.Event()
     progress: list[int] = []
@@ -237,13 +239,32 @@ async def test_a_flood_of_input_does_not_starve_other_tasks(
 # --- ping and pong ----------------------------------------------------------------
 
 
-async def test_ping_pong() -> None:
-    async with websocket_pair() as (client, server):
-        await client.ping(b"A")
-        await client.ping()  # a random payload
-        await server.ping(b"B")
-        await client.pong(b"unsolicited")
-        await client.pong()
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_ping_pong(side: str) -> None:
+    """ping() returns once the peer's Pong for it has arrived, and not before: while the peer's
+    reader is held by an unread message nothing answers, and unsolicited Pongs do not count."""
+    async with websocket_pair(message_queue_size=0) as (client, server):
+        pinger, peer = (client, server) if side == "client" else (server, client)
+        answered: list[bytes | None] = []
+
+        async def ping(payload: bytes | None) -> None:
+            await pinger.ping(payload)
+            answered.append(payload)
+
+        await pinger.send_message("holds the peer's reader")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ping, b"A")
+            nursery.start_soon(ping, None)  # a random payload
+            await trio.testing.wait_all_tasks_blocked()  # both Pings sent; the peer reads neither
+            await peer.pong(b"unsolicited")
+            await peer.pong()  # an empty payload
+            await peer.send_message("behind the Pongs")
+            assert await pinger.get_message() == "behind the Pongs"  # the pinger has read both Pongs...
+            assert answered == []  # ...and neither answered its pings
+            assert await peer.get_message() == "holds the peer's reader"  # the peer's reader goes on, and answers
+        assert sorted(answered, key=repr) == [None, b"A"]
+        await pinger.send_message("still open")
+        assert await peer.get_message() == "still open"
 
 
 async def test_concurrent_pings() -> None:
@@ -343,18 +364,26 @@ async def test_ping_pending_when_peer_closes_raises() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(close_server_side)
+            outcome: CloseReason | str | None = "answered"
             try:
                 await client.ping(b"p")
-            except ConnectionClosed:
-                pass  # ...unless the Close overtook it: either way, no hang
+            except ConnectionClosed as exc:  # ...unless the Close overtook it: either way, no hang
+                outcome = exc.reason
+    # Answered, or failed on the server's Close (not on a lost connection).
+    assert outcome == "answered" or (isinstance(outcome, CloseReason) and outcome.code == 1001), outcome
+    for side in (client, server):
+        assert side.closed is not None
+        assert (side.closed.code, side.closed.was_clean) == (1001, True)
 
 
-async def test_cancelled_ping_frees_its_payload(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_cancelled_ping_frees_its_payload(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
     async def script(peer: RawServerPeer) -> None:
         await peer.accept()
         await peer.receive_eof()  # never answers
 
-    port = await start_raw_server(nursery, script)
+    port = await memory_network.start_raw_server(nursery, script)
     ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, disconnect_timeout=1)
     with trio.move_on_after(1):
         await ws.ping(b"same")
@@ -425,33 +454,52 @@ async def test_states_through_a_close(autojump_clock: trio.testing.MockClock) ->
 
 
 async def test_send_racing_a_remote_close_raises_connection_closed() -> None:
+    async def spam(client: WebSocketConnection, reasons: list[CloseReason | None]) -> None:
+        try:
+            while True:
+                await client.send_message("x")
+                await client.ping()
+        except ConnectionClosed as exc:
+            reasons.append(exc.reason)
+
     for _ in range(20):
+        reasons: list[CloseReason | None] = []
         async with websocket_pair() as (client, server), trio.open_nursery() as nursery:
             nursery.start_soon(server.aclose)
-
-            async def spam() -> None:
-                try:
-                    while True:
-                        await client.send_message("x")
-                        await client.ping()
-                except ConnectionClosed:
-                    pass
-
-            nursery.start_soon(spam)
+            nursery.start_soon(spam, client, reasons)
+        # The sender stops on the server's Close (1000), whichever call meets it...
+        assert len(reasons) == 1
+        assert reasons[0] is not None
+        assert reasons[0].code == 1000
+        # ...and both sides end with a clean closing handshake.
+        for side in (client, server):
+            assert side.state is ConnectionState.CLOSED
+            assert side.closed is not None
+            assert (side.closed.code, side.closed.was_clean) == (1000, True)
 
 
 async def test_ping_racing_a_local_close() -> None:
+    async def ping(client: WebSocketConnection, outcomes: list[CloseReason | str | None]) -> None:
+        try:
+            await client.ping()
+        except ConnectionClosed as exc:
+            outcomes.append(exc.reason)
+        else:
+            outcomes.append("pong")
+
     for _ in range(20):
-        async with websocket_pair() as (client, _), trio.open_nursery() as nursery:
-
-            async def ping() -> None:
-                try:
-                    await client.ping()
-                except ConnectionClosed:
-                    pass
-
-            nursery.start_soon(ping)
+        outcomes: list[CloseReason | str | None] = []
+        async with websocket_pair() as (client, server), trio.open_nursery() as nursery:
+            nursery.start_soon(ping, client, outcomes)
             nursery.start_soon(client.aclose)
+        # The ping is answered before the close, or fails with our own close's code.
+        assert len(outcomes) == 1
+        outcome = outcomes[0]
+        assert outcome == "pong" or (isinstance(outcome, CloseReason) and outcome.code == 1000), outcome
+        for side in (client, server):
+            assert side.state is ConnectionState.CLOSED
+            assert side.closed is not None
+            assert (side.closed.code, side.closed.was_clean) == (1000, True)
 
 
 async def test_nothing_is_sent_after_our_close(nursery: trio.Nursery) -> None:
@@ -544,12 +592,14 @@ async def test_sending_on_a_stream_closed_under_the_connection_ends_it(nursery: 
     assert [await ws.get_message(), await ws.get_message()] == ["a", "b"]  # received before: kept
 
 
-async def test_close_timeout_reason(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_close_timeout_reason(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
     async def script(peer: RawServerPeer) -> None:
         await peer.accept()
         await peer.receive_eof()  # reads the Close, never answers
 
-    port = await start_raw_server(nursery, script)
+    port = await memory_network.start_raw_server(nursery, script)
     ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, disconnect_timeout=3)
     start = trio.current_time()
     await ws.aclose(1000, "bye")
@@ -560,25 +610,29 @@ async def test_close_timeout_reason(nursery: trio.Nursery, autojump_clock: trio.
 
 
 async def test_client_waits_a_bounded_time_for_the_server_to_close_tcp(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
     async def script(peer: RawServerPeer) -> None:
         await peer.accept()
         await peer.stream.send_all(frame(0x8, close_payload(1000), mask=False))
         await peer.receive_frame()  # the client's answer
-        await trio.sleep_forever()  # but never close TCP
+        await trio.sleep_forever()  # but never close the transport
 
-    port = await start_raw_server(nursery, script)
-    ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, disconnect_timeout=2)
-    with pytest.raises(ConnectionClosed):
-        await ws.get_message()
-    assert ws.state is ConnectionState.CLOSING
-    await trio.sleep(1.9)
-    assert ws.state is ConnectionState.CLOSING
-    await trio.sleep(0.2)
-    assert ws.state is ConnectionState.CLOSED
-    assert ws.closed is not None
-    assert ws.closed.code == 1000
+    """RFC 6455 7.1.1: the server closes TCP first; a client waits for that one second, then closes."""
+    port = await memory_network.start_raw_server(nursery, script)
+    for timeout in (2.0, 0.5):  # the grace is 1 s, and never more than disconnect_timeout
+        ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, disconnect_timeout=timeout)
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+        assert ws.state is ConnectionState.CLOSING
+        waited = min(1.0, timeout)
+        await trio.sleep(waited - 0.1)
+        assert ws.state is ConnectionState.CLOSING
+        await trio.sleep(0.2)
+        assert ws.state is ConnectionState.CLOSED
+        assert ws.closed is not None
+        assert ws.closed.code == 1000
+        assert ws.closed.was_clean  # a Close went each way: the wait is not a failure
     nursery.cancel_scope.cancel()
 
 

@@ -60,7 +60,7 @@ from trio_ws import (
     serve_websocket,
 )
 
-from .conftest import HOST, RawServerPeer, accept_token, start_raw_server
+from .conftest import HOST, ErrorLog, RawServerPeer, accept_token, start_raw_server
 
 # trio_ws's own timeouts in these tests, and the bound on one example: an
 # example that only ends because one of those timeouts ran out fails.
@@ -299,6 +299,24 @@ def visible_fault(head: Head, *, to_client: bool, leeway: Leeway, in_message: in
     return head.length is not None and bad_length(head, leeway)
 
 
+def header_verdict(out: Expected, head: Head, *, to_client: bool, leeway: Leeway) -> Expected | None:
+    """What a complete (or "partial") header decides by itself, in wsproto's order of checks:
+    ``out`` as it ends there, or None to read the payload."""
+    if head.short is None:
+        return out
+    if head.opcode not in VALID_OPCODES or (head.control and (not head.fin or head.short > 125)):
+        return out.fail(1002)
+    if head.length is None:
+        return out
+    if bad_length(head, leeway):
+        return out.fail(1002, 1009) if head.short == 127 and head.length >> 63 else out.fail(1002)
+    if head.rsv or head.masked == to_client:  # no extension; clients mask, servers do not
+        return out.fail(1002)
+    if head.start is None:
+        return out
+    return None
+
+
 def expect(data: bytes, *, to_client: bool, max_size: int, leeway: Leeway) -> Expected:
     """The reference decoder: what a receiver (a client if ``to_client``) must make of ``data``.
 
@@ -326,18 +344,9 @@ def expect(data: bytes, *, to_client: bool, max_size: int, leeway: Leeway) -> Ex
                 else out
             )
         # Complete, or "partial": wsproto's order of checks.
-        if head.short is None:
-            return out
-        if head.opcode not in VALID_OPCODES or (head.control and (not head.fin or head.short > 125)):
-            return out.fail(1002)
-        if head.length is None:
-            return out
-        if bad_length(head, leeway):
-            return out.fail(1002, 1009) if head.short == 127 and head.length >> 63 else out.fail(1002)
-        if head.rsv or head.masked == to_client:  # no extension; clients mask, servers do not
-            return out.fail(1002)
-        if head.start is None:
-            return out
+        verdict = header_verdict(out, head, to_client=to_client, leeway=leeway)
+        if verdict is not None:
+            return verdict
         payload = data[head.start : head.start + head.length]
         if head.masked:
             payload = xor(payload, head.key)
@@ -593,18 +602,11 @@ def _sockets() -> set[tuple[int, str]]:
     return found
 
 
-class _ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @contextmanager
-def _trio_ws_errors() -> Iterator[_ErrorLog]:
-    log = _ErrorLog()
+def _trio_ws_errors() -> Iterator[ErrorLog]:
+    """Errors per example, for hypothesis to find and shrink the example that logs one
+    (conftest's autouse check would fail the test too, but not say which example)."""
+    log = ErrorLog()
     logger = logging.getLogger("trio_ws")
     logger.addHandler(log)
     try:
@@ -1605,7 +1607,7 @@ def test_deflate_offer_with_a_superscript_digit_is_declined() -> None:
             await stream.send_all(upgrade_request(extra=offer))
             heads.append(await Wire(stream).receive_head())
 
-    trio.run(with_server, {"compression": "deflate"}, body)
+    run_example(with_server, {"compression": "deflate"}, body)
     # RFC 7692 5.1: an offer with an invalid parameter value is declined; the upgrade goes on without it.
     assert heads[0].startswith(b"HTTP/1.1 101 "), heads[0]
     assert b"sec-websocket-extensions" not in heads[0].lower()

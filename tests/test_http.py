@@ -124,7 +124,7 @@ async def page(request: HTTPRequest) -> HTTPResponse | None:
     ],
 )
 async def test_http_handler(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: bytes, body: bytes
+    nursery: trio.Nursery, logged_errors: list[logging.LogRecord], request_bytes: bytes, status: bytes, body: bytes
 ) -> None:
     server = await start_server(nursery, echo_handler, http_handler=page)
     response = await http_get(server.port, request_bytes)
@@ -133,12 +133,15 @@ async def test_http_handler(
     assert got == body
     if status == b"200" and b"HEAD" in request_bytes:
         assert b"content-length: 14" in head.lower()  # HEAD: the length, without the body
-    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
-    assert bool(errors) == (status == b"500")
     # WebSockets still work on the same port.
     async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
         await ws.send_message("still a WebSocket server")
         assert await ws.get_message() == "still a WebSocket server"
+    # A handler that fails (raises, or returns a response that cannot be sent) is logged, once.
+    assert len(logged_errors) == (1 if status == b"500" else 0)
+    if b"/boom" in request_bytes:
+        assert logged_errors[0].exc_info is not None
+        assert str(logged_errors[0].exc_info[1]) == "the page handler broke"
 
 
 async def test_request_body_limit(nursery: trio.Nursery) -> None:
@@ -162,14 +165,16 @@ async def bad_pages(request: HTTPRequest) -> object:
 
 @pytest.mark.parametrize("path", ["/header", "/str-body", "/not-a-response", "/status-101", "/status-999"])
 async def test_invalid_http_responses_become_500(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, path: str
+    nursery: trio.Nursery, logged_errors: list[logging.LogRecord], path: str
 ) -> None:
     server = await start_server(nursery, echo_handler, http_handler=bad_pages)
     response = await http_get(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert response.startswith(b"HTTP/1.1 500")
-    assert any(record.levelno == logging.ERROR for record in caplog.records)
+    assert len(logged_errors) == 1
     again = await http_get(server.port, b"GET /status-101 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert again.startswith(b"HTTP/1.1 500")  # and the server still serves
+    assert len(logged_errors) == 2  # each invalid response is logged
+    assert all(record.levelno == logging.ERROR for record in logged_errors)
 
 
 async def test_origin_keyword_replaces_an_origin_header(nursery: trio.Nursery) -> None:

@@ -17,15 +17,15 @@ from trio_ws import (
 )
 from trio_ws.testing import websocket_pair
 
-from .conftest import HOST, CloseWatcher, RawClient, RawServerPeer, echo_handler, frame, start_raw_server, start_server
+from .conftest import HOST, CloseWatcher, MemoryNetwork, RawServerPeer, echo_handler, frame
 
 
-async def test_latency_is_measured(autojump_clock: trio.testing.MockClock) -> None:
+async def test_latency_is_measured(autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork) -> None:
     async with websocket_pair() as (_, server):
         pass
     assert server.latency is None
     async with trio.open_nursery() as nursery:
-        port = await start_raw_server(nursery, answer_pings)
+        port = await memory_network.start_raw_server(nursery, answer_pings)
         ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, ping_interval=5, ping_timeout=2)
         assert ws.latency is None
         await trio.sleep(16)  # three pings
@@ -43,12 +43,14 @@ async def answer_pings(peer: RawServerPeer) -> None:
             await peer.stream.send_all(frame(0xA, payload, mask=False))
 
 
-async def test_a_silent_peer_is_closed_with_1011(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_silent_peer_is_closed_with_1011(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
     async def silent(peer: RawServerPeer) -> None:
         await peer.accept()
         await peer.receive_eof()  # reads everything, answers nothing
 
-    port = await start_raw_server(nursery, silent)
+    port = await memory_network.start_raw_server(nursery, silent)
     ws = await connect_websocket(nursery, HOST, port, "/", use_ssl=False, ping_interval=3, ping_timeout=2)
     start = trio.current_time()
     with pytest.raises(ConnectionClosed) as info:
@@ -62,12 +64,14 @@ async def test_a_silent_peer_is_closed_with_1011(nursery: trio.Nursery, autojump
     assert ws.state is ConnectionState.CLOSED
 
 
-async def test_server_side_keepalive(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_server_side_keepalive(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
     handler = CloseWatcher()
     closes, done = handler.closes, handler.done
 
-    server = await start_server(nursery, handler, ping_interval=1, ping_timeout=1)
-    client = RawClient(await trio.open_tcp_stream(HOST, server.port))
+    await memory_network.start_server(nursery, handler, ping_interval=1, ping_timeout=1)
+    client = await memory_network.connect()
     async with client.stream:
         await client.handshake()
         opcode, _ = await client.receive_frame()  # the server's ping, never answered
@@ -77,7 +81,10 @@ async def test_server_side_keepalive(nursery: trio.Nursery, autojump_clock: trio
     assert closes[0].code == 1011
 
 
-async def test_a_slow_reader_is_not_taken_for_a_dead_peer(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.deadline(60)  # 35 s of the virtual clock
+async def test_a_slow_reader_is_not_taken_for_a_dead_peer(
+    autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
     """With the queue full and unread, keepalive pauses; it resumes when the application reads."""
     async with trio.open_nursery() as nursery:
 
@@ -87,9 +94,9 @@ async def test_a_slow_reader_is_not_taken_for_a_dead_peer(autojump_clock: trio.t
                 await ws.send_message(f"message {n}")
             await trio.sleep_forever()
 
-        server = await start_server(nursery, flood)
+        await memory_network.start_server(nursery, flood)
         async with open_websocket(
-            HOST, server.port, "/", use_ssl=False, message_queue_size=1, ping_interval=1, ping_timeout=1
+            HOST, memory_network.port, "/", use_ssl=False, message_queue_size=1, ping_interval=1, ping_timeout=1
         ) as ws:
             await trio.sleep(30)  # the application does not read for a long time
             assert ws.state is ConnectionState.OPEN

@@ -18,15 +18,15 @@ from trio_ws import (
     serve_websocket,
 )
 
-from .conftest import HOST, RawClient, echo_handler, echo_loop, frame, start_server
+from .conftest import HOST, MemoryNetwork, RawClient, echo_handler, echo_loop, frame, start_server
 
 
 async def test_a_slowloris_is_dropped_at_connect_timeout(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
     """One header byte per second never finishes a request: the server drops it at connect_timeout."""
-    server = await start_server(nursery, echo_handler, connect_timeout=10)
-    client = RawClient(await trio.open_tcp_stream(HOST, server.port))
+    await memory_network.start_server(nursery, echo_handler, connect_timeout=10)
+    client = await memory_network.connect()
     sent = 0
     async with client.stream:
         start = trio.current_time()
@@ -80,7 +80,7 @@ async def test_max_connections_is_checked(bad: object) -> None:
         await serve_websocket(echo_handler, HOST, 0, None, max_connections=bad)  # type: ignore[arg-type]
 
 
-async def test_graceful_aclose(autojump_clock: trio.testing.MockClock) -> None:
+async def test_graceful_aclose() -> None:
     """aclose(): no new connections, 1001 to every open one, handlers see ConnectionClosed and return."""
     seen: list[CloseReason | None] = []
     handlers_done = 0
@@ -127,7 +127,7 @@ async def connect_client(nursery: trio.Nursery, port: int) -> object:
 
 @pytest.mark.parametrize("own_nursery", [True, False], ids=["server's nursery", "handler_nursery"])
 async def test_aclose_cancels_handlers_that_will_not_stop(
-    autojump_clock: trio.testing.MockClock, own_nursery: bool
+    autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork, own_nursery: bool
 ) -> None:
     async with trio.open_nursery() as nursery:
         handler_nursery = None if own_nursery else nursery
@@ -141,12 +141,10 @@ async def test_aclose_cancels_handlers_that_will_not_stop(
                 cancelled.set()
                 raise
 
-        server: WebSocketServer = await nursery.start(
-            lambda task_status: serve_websocket(
-                stubborn, HOST, 0, None, disconnect_timeout=5, handler_nursery=handler_nursery, task_status=task_status
-            )
+        server = await memory_network.start_server(
+            nursery, stubborn, disconnect_timeout=5, handler_nursery=handler_nursery
         )
-        ws = await connect_client(nursery, server.port)
+        ws = await connect_client(nursery, memory_network.port)
         start = trio.current_time()
         await server.aclose()
         assert trio.current_time() - start == pytest.approx(5, abs=0.5)
@@ -154,6 +152,7 @@ async def test_aclose_cancels_handlers_that_will_not_stop(
         del ws
 
 
+@pytest.mark.deadline(60)  # it waits up to 30 s for the message itself
 async def test_tiny_fragments_do_not_multiply_memory(nursery: trio.Nursery) -> None:
     """A message of 50,000 one-byte fragments costs about its size, not fifty times it."""
     got: list[int] = []

@@ -28,6 +28,7 @@ from .conftest import (
     HOST,
     RESOURCE,
     UPGRADE_REQUEST,
+    MemoryNetwork,
     RawClient,
     close_payload,
     echo_handler,
@@ -115,14 +116,16 @@ async def test_origin_is_none_when_absent(nursery: trio.Nursery) -> None:
     assert origins == [None]
 
 
-async def test_handler_return_closes_with_1000(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_handler_return_closes_with_1000(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.accept()
         await trio.sleep(1)
 
-    server = await start_server(nursery, handler)
+    await memory_network.start_server(nursery, handler)
     with trio.fail_after(2):
-        async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
+        async with open_websocket(HOST, memory_network.port, "/", use_ssl=False) as ws:
             with pytest.raises(ConnectionClosed) as info:
                 await ws.get_message()
     assert info.value.reason is not None
@@ -131,7 +134,7 @@ async def test_handler_return_closes_with_1000(nursery: trio.Nursery, autojump_c
 
 
 async def test_handler_error_closes_1011_logs_and_server_goes_on(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, logged_errors: list[logging.LogRecord]
 ) -> None:
     fail = trio.Event()
 
@@ -156,13 +159,16 @@ async def test_handler_error_closes_1011_logs_and_server_goes_on(
     async with open_websocket(HOST, server.port, "/good", use_ssl=False) as again:
         await again.send_message("new client")
         assert await again.get_message() == "new client"
-    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert errors[0].exc_info is not None
-    assert isinstance(errors[0].exc_info[1], RuntimeError)
+    assert len(logged_errors) == 1
+    assert logged_errors[0].levelno == logging.ERROR
+    assert logged_errors[0].exc_info is not None
+    assert isinstance(logged_errors[0].exc_info[1], RuntimeError)
+    assert str(logged_errors[0].exc_info[1]) == "handler bug"
 
 
-async def test_handler_exception_group_is_contained(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+async def test_handler_exception_group_is_contained(
+    nursery: trio.Nursery, logged_errors: list[logging.LogRecord]
+) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.accept()
         async with trio.open_nursery() as inner:  # raises an ExceptionGroup
@@ -174,14 +180,20 @@ async def test_handler_exception_group_is_contained(nursery: trio.Nursery, caplo
             await ws.get_message()
     assert info.value.reason is not None
     assert info.value.reason.code == 1011
-    assert any(record.levelno == logging.ERROR for record in caplog.records)
+    assert len(logged_errors) == 1  # with the child task's error, in its group or not
+    assert logged_errors[0].exc_info is not None
+    logged = logged_errors[0].exc_info[1]
+    errors = logged.exceptions if isinstance(logged, BaseExceptionGroup) else (logged,)
+    assert [(type(exc), str(exc)) for exc in errors] == [(LookupError, "in a child task")]
 
 
 async def operator_error(message: str) -> None:
     raise LookupError(message)
 
 
-async def test_handler_error_before_accept_gives_500(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+async def test_handler_error_before_accept_gives_500(
+    nursery: trio.Nursery, logged_errors: list[logging.LogRecord]
+) -> None:
     async def handler(request: WebSocketRequest) -> None:
         raise ValueError("before accept")
 
@@ -190,7 +202,9 @@ async def test_handler_error_before_accept_gives_500(nursery: trio.Nursery, capl
         async with open_websocket(HOST, server.port, "/", use_ssl=False):
             pytest.fail("must not connect")  # pragma: no cover
     assert info.value.status_code == 500
-    assert any(record.levelno == logging.ERROR for record in caplog.records)
+    assert len(logged_errors) == 1
+    assert logged_errors[0].exc_info is not None
+    assert isinstance(logged_errors[0].exc_info[1], ValueError)
 
 
 async def test_handler_returning_without_answer_gives_403(nursery: trio.Nursery) -> None:
@@ -235,15 +249,15 @@ async def test_server_shutdown_closes_connections_with_1001() -> None:
 
 
 async def test_server_answers_a_silent_client_with_nothing_and_drops_it(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
     called = []
 
     async def handler(request: WebSocketRequest) -> None:
         called.append(request)  # pragma: no cover
 
-    server = await start_server(nursery, handler, connect_timeout=5)
-    client = await raw_connect(server.port)
+    await memory_network.start_server(nursery, handler, connect_timeout=5)
+    client = await memory_network.connect()
     async with client.stream:
         start = trio.current_time()
         await client.stream.send_all(b"GET / HTTP/1.1\r\n")  # and then nothing
@@ -487,7 +501,7 @@ async def test_handler_ended_by_its_own_connection_closing_is_not_an_error(
 
 
 async def test_connection_closed_from_another_connection_is_a_handler_error(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, logged_errors: list[logging.LogRecord]
 ) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.accept()
@@ -499,4 +513,6 @@ async def test_connection_closed_from_another_connection_is_a_handler_error(
             await ws.get_message()
     assert info.value.reason is not None
     assert info.value.reason.code == 1011
-    assert any(record.levelno == logging.ERROR for record in caplog.records)
+    assert len(logged_errors) == 1
+    assert logged_errors[0].exc_info is not None
+    assert isinstance(logged_errors[0].exc_info[1], ConnectionClosed)
