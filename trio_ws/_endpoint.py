@@ -7,6 +7,8 @@ from typing import Any
 
 import trio
 
+from ._url import default_port
+
 __all__ = ["Endpoint", "TakenAddress", "listener_endpoint", "stream_endpoint"]
 
 
@@ -25,9 +27,8 @@ class Endpoint:
     def url(self) -> str:
         """The endpoint as a URL, e.g. ``ws://127.0.0.1:8000`` or ``wss://[::1]``."""
         scheme = "wss" if self.is_ssl else "ws"
-        default = 443 if self.is_ssl else 80
         host = str(self.address) if self.address.version == 4 else f"[{self.address}]"
-        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
+        return f"{scheme}://{host}" if self.port == default_port(self.is_ssl) else f"{scheme}://{host}:{self.port}"
 
     def __repr__(self) -> str:
         return f'Endpoint(address="{self.address}", port={self.port}, is_ssl={self.is_ssl})'

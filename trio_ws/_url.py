@@ -5,13 +5,18 @@ from __future__ import annotations
 import urllib.parse
 from typing import NamedTuple
 
-__all__ = ["WebSocketURL", "parse_url"]
+__all__ = ["WebSocketURL", "default_port", "parse_url"]
 
 # Characters that may stay as they are in a request target.  Everything else
 # (spaces, non-ASCII text) is percent-encoded, as a browser does, because the
 # request line must be ASCII.  "%" is kept so that an already encoded URL is
 # not encoded twice.
 _TARGET_SAFE = "/?&=%:@!$'()*+,;~-._[]"
+
+
+def default_port(secure: bool) -> int:
+    """RFC 6455 3: 443 for ``wss://``, 80 for ``ws://``."""
+    return 443 if secure else 80
 
 
 class WebSocketURL(NamedTuple):
@@ -26,8 +31,7 @@ class WebSocketURL(NamedTuple):
     def host_header(self) -> str:
         """The value of the ``Host`` header: the port only when not the default."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.secure else 80
-        return host if self.port == default else f"{host}:{self.port}"
+        return host if self.port == default_port(self.secure) else f"{host}:{self.port}"
 
     def geturl(self) -> str:
         """The normalised absolute URL (lower-case scheme and host, default port omitted)."""
@@ -57,7 +61,7 @@ def parse_url(url: str) -> WebSocketURL:
         raise ValueError(f"WebSocket URL has an invalid port: {text!r} ({exc})") from None
     secure = scheme == "wss"
     if port is None:
-        port = 443 if secure else 80
+        port = default_port(secure)
     elif port == 0:
         raise ValueError(f"WebSocket URL has an invalid port: {text!r} (port 0)")
     resource = parts.path or "/"
