@@ -10,7 +10,7 @@ from ._client import (
     open_websocket_url,
     wrap_client_stream,
 )
-from ._connection import ConnectionState, WebSocketConnection
+from ._connection import ConnectionState, ConnectionStatistics, MessageFragments, WebSocketConnection
 from ._endpoint import Endpoint
 from ._errors import (
     CloseReason,
@@ -29,12 +29,14 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionRejected",
     "ConnectionState",
+    "ConnectionStatistics",
     "ConnectionTimeout",
     "DisconnectionTimeout",
     "Endpoint",
     "HTTPRequest",
     "HTTPResponse",
     "HandshakeError",
+    "MessageFragments",
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",

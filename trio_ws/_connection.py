@@ -12,7 +12,8 @@ import itertools
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -40,10 +41,39 @@ __all__ = [
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BYTES",
     "ConnectionState",
+    "ConnectionStatistics",
+    "MessageFragments",
     "WebSocketConnection",
 ]
 
 logger = logging.getLogger("trio_ws")
+
+
+_NORMAL_CLOSE = frozenset({1000, 1001, 1005})  # receive() ends the channel after these
+
+# A message sent in pieces: an iterable or an async iterable of str or of bytes-like objects.
+Pieces = Iterable[str] | Iterable[bytes | bytearray | memoryview] | AsyncIterable[str] | AsyncIterable[bytes]
+
+
+class _Default(enum.Enum):
+    DEFAULT = "default"
+
+
+_DEFAULT = _Default.DEFAULT
+
+
+@dataclass(frozen=True)
+class ConnectionStatistics:
+    """What :meth:`WebSocketConnection.statistics` returns."""
+
+    messages_sent: int  #: complete messages sent
+    messages_received: int  #: complete messages received (a streamed one when its last piece came)
+    bytes_sent: int  #: bytes written to the transport (frames, after compression)
+    bytes_received: int  #: bytes read from the transport
+    messages_waiting: int  #: messages (or pieces of a streamed one) received and not yet taken
+    buffered_amount: int  #: message bytes handed to send_message() and not yet written
+    state: ConnectionState  #: as :attr:`WebSocketConnection.state`
+    latency: float | None  #: as :attr:`WebSocketConnection.latency`
 
 
 class ConnectionState(enum.IntEnum):
@@ -74,7 +104,7 @@ def _handling_exception() -> bool:
     return sys.exc_info()[1] is not None
 
 
-class WebSocketConnection(Engine, trio.abc.AsyncResource):
+class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
     """A WebSocket connection, client or server side.
 
     You get one from :func:`open_websocket` / :func:`connect_websocket` (client)
@@ -250,16 +280,22 @@ class WebSocketConnection(Engine, trio.abc.AsyncResource):
     # ------------------------------------------------------------------
     # Messages
 
-    async def get_message(self) -> str | bytes:
+    async def get_message(self, *, decode: bool = True) -> str | bytes:
         """Wait for the next message and return it: ``str`` for text, ``bytes`` for binary.
 
         Messages that arrived before the peer closed are still returned; after
-        them this raises :exc:`ConnectionClosed`.  If *you* close an open
-        connection (:meth:`aclose`), unread messages are dropped and this
-        raises at once.  Cancelling it loses no message.
+        them this raises :exc:`ConnectionClosed`, however the connection
+        ended.  If *you* close an open connection (:meth:`aclose`), unread
+        messages are dropped and this raises at once.  Cancelling it loses no
+        message.  The rest of a message left unfinished by
+        :meth:`receive_fragments` is dropped first.
 
+        :param decode: (new in trio_ws) ``False`` returns a text message as its UTF-8
+            ``bytes`` (validated, not decoded), for code that passes text on.
         :raises ConnectionClosed: the connection is closed.
         """
+        if self._stream is not None:
+            self._end_stream()
         inbox = self._inbox
         message = await inbox.get()
         if message is None:
@@ -269,15 +305,75 @@ class WebSocketConnection(Engine, trio.abc.AsyncResource):
             # so a cancelled get_message() never breaks a frame) either
             # filled it again, or needs the reader: more bytes, or a reply.
             inbox.wake()
-        return message
+        if not decode and isinstance(message, str):
+            return message.encode("utf-8")
+        return message  # type: ignore[return-value]  # (never a piece: no stream is under way)
 
-    async def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
+    async def receive(self) -> str | bytes:
+        """The next message, as :meth:`get_message`; at the end of a normal close,
+        :exc:`trio.EndOfChannel` (this is :class:`trio.abc.ReceiveChannel`'s method).
+
+        A normal close is a closing handshake with code 1000 or 1001, or a Close
+        without a code (1005), whoever started it: once every message that came
+        before it has been received, this raises ``EndOfChannel``, and
+        ``async for message in ws`` ends.  Any other ending (1002, 1006, 1007,
+        1009, 1011, an application's code...) raises :exc:`ConnectionClosed`.
+
+        :raises trio.EndOfChannel: the connection closed normally.
+        :raises ConnectionClosed: it ended another way.
+        """
+        try:
+            return await self.get_message()
+        except ConnectionClosed as exc:
+            if exc.reason is not None and exc.reason.code in _NORMAL_CLOSE:
+                raise trio.EndOfChannel from exc
+            raise
+
+    def receive_fragments(self, *, max_size: int | None | _Default = _DEFAULT, decode: bool = True) -> MessageFragments:
+        """The next message, piece by piece as it arrives: ``async for piece in ws.receive_fragments()``.
+
+        Text comes as ``str`` pieces (UTF-8 decoded across piece boundaries;
+        invalid UTF-8 still fails the connection with 1007), binary as
+        ``bytes``; each piece is at most one read or one frame long, so memory
+        stays bounded however large the message.  A message that had begun
+        arriving before this call gives what came of it as its first piece; one
+        that had arrived whole comes as one piece.
+
+        Leaving the loop before the last piece drops the rest of that message
+        (when the next receive call is made, or at once with ``aclose()`` on the
+        iterator); the connection goes on.
+
+        :param max_size: a bound on the whole message, in ``len()`` units
+            (default: the connection's ``max_message_size``; ``None``: no bound).
+            A larger message closes the connection with 1009.
+        :param decode: ``False`` gives a text message's pieces as validated UTF-8 bytes.
+        :raises ConnectionClosed: (from the iteration) the connection closed first.
+        """
+        size = self._options.max_message_size if isinstance(max_size, _Default) else max_size
+        return MessageFragments(self, size, decode)
+
+    async def send_message(
+        self, message: str | bytes | bytearray | memoryview | Pieces, *, compress: bool = True
+    ) -> None:
         """Send a message: ``str`` as text, ``bytes``/``bytearray``/``memoryview`` as binary.
 
         Returns once the frame is written to the transport.  If the call is
         cancelled while the transport is blocked part way through the frame,
         the frame cannot be completed and the connection is aborted (1006).
 
+        New in trio_ws: ``message`` may also be an iterable or an async iterable
+        of ``str`` (one text message) or of bytes-like objects (one binary
+        message), sent as one message in fragments, each piece as it comes,
+        for messages too large to hold.  Pings, pongs and a Close may go out
+        between its frames; other messages wait until it is finished.  A piece
+        of the other type raises :exc:`TypeError`, and if frames of the message
+        were sent already (as when the iterable raises, or the call is
+        cancelled between pieces) the connection is closed with 1011, since
+        that message can never be finished.  An empty iterable sends an empty
+        binary message.
+
+        :param compress: (new in trio_ws) ``False`` sends this message uncompressed on a
+            connection that agreed on permessage-deflate.
         :raises ConnectionClosed: the connection is closed or closing.
         :raises ValueError: ``message`` is of another type.
         """
@@ -287,22 +383,58 @@ class WebSocketConnection(Engine, trio.abc.AsyncResource):
             opcode, payload = BINARY, message
         elif isinstance(message, (bytearray, memoryview)):
             opcode, payload = BINARY, bytes(message)
+        elif hasattr(message, "__iter__") or hasattr(message, "__aiter__"):
+            await self._send_pieces(message, compress)
+            return
         else:
-            raise ValueError(f"message must be str, bytes, bytearray or memoryview, not {type(message).__name__}")
+            raise ValueError(
+                "message must be str, bytes, bytearray, memoryview or an iterable of them, "
+                f"not {type(message).__name__}"
+            )
         protocol = self._protocol
         if not protocol.state.can_send:
             raise ConnectionClosed(protocol.close_reason)
         size = len(payload)
         self._buffered_amount += size
-        lock = self._send_lock
+        pieces = self._message_lock  # None until a message was sent in pieces
         try:
+            if pieces is not None:
+                await pieces.acquire()  # wait for a message in pieces under way
+            lock = self._send_lock
             await lock.acquire()  # free: no schedule point; the write below is this call's
             try:
-                await self._write(protocol.send_data(opcode, payload))
+                await self._write(protocol.send_data(opcode, payload, compress))
             finally:
                 lock.release()
+                if pieces is not None:
+                    pieces.release()
         finally:
             self._buffered_amount -= size
+
+    async def send(self, value: str | bytes) -> None:
+        """:meth:`send_message` (this is :class:`trio.abc.SendChannel`'s method)."""
+        await self.send_message(value)
+
+    async def wait_closed(self) -> CloseReason:
+        """Wait until the connection is CLOSED (its transport closed); return why it closed."""
+        await self._wait_closed()
+        reason = self._protocol.close_reason
+        assert reason is not None
+        return reason
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of the connection's counters and state (trio's convention)."""
+        protocol = self._protocol
+        return ConnectionStatistics(
+            messages_sent=protocol.messages_sent,
+            messages_received=protocol.messages_received,
+            bytes_sent=self._transport.bytes_sent,
+            bytes_received=self._transport.bytes_received,
+            messages_waiting=len(self._inbox),
+            buffered_amount=self._buffered_amount,
+            state=self.state,
+            latency=self._latency,
+        )
 
     async def ping(self, payload: bytes | None = None) -> None:
         """Send a ping and wait for the matching pong.
@@ -371,3 +503,37 @@ class WebSocketConnection(Engine, trio.abc.AsyncResource):
         await self._close_within(code, reason, self._options.disconnect_timeout)
         if not _handling_exception():
             await trio.lowlevel.checkpoint_if_cancelled()
+
+
+class MessageFragments:
+    """The pieces of one message as they arrive: what :meth:`WebSocketConnection.receive_fragments`
+    returns.  ``async for piece in fragments``; ``text`` says, once the first piece came,
+    whether the message is text; ``await fragments.aclose()`` drops the rest of it at once."""
+
+    __slots__ = ("_connection", "_decode", "_done", "text")
+
+    def __init__(self, connection: WebSocketConnection, max_size: int | None, decode: bool) -> None:
+        self._connection = connection
+        self._decode = decode
+        self._done = False
+        #: ``True`` for a text message, ``False`` for binary; ``None`` before the first piece.
+        self.text: bool | None = None
+        connection._begin_stream(self, max_size, decode)
+
+    def __aiter__(self) -> MessageFragments:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        if self._done:
+            raise StopAsyncIteration
+        piece, last, self.text = await self._connection._next_piece(self, self._decode)
+        if last:
+            self._done = True
+        return piece
+
+    async def aclose(self) -> None:
+        """Drop the rest of the message now (leaving ``async for`` early drops it at the next receive)."""
+        if not self._done:
+            self._done = True
+            self._connection._end_stream(self)
+        await trio.lowlevel.checkpoint()

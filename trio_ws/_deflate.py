@@ -88,6 +88,8 @@ class PerMessageDeflate:
         self._deflater: zlib._Compress | None = None
         self._inflater: zlib._Decompress | None = None
         self._text = False  # the compressed message being received is text
+        self._pending = b""  # input inflate_some() has not inflated yet
+        self.has_more = False  # ... or output it has not returned yet
 
     @property
     def header(self) -> str:
@@ -171,6 +173,29 @@ class PerMessageDeflate:
         result = self._inflate(data + _TAIL if last else data, room)
         return result
 
+    def inflate_some(self, data: bytes, step: int, last: bool) -> bytes | int:
+        """Inflate at most ``step`` bytes of a piece, keeping the rest for ``inflate_more()``:
+        for a message streamed without a size bound (memory stays bounded per piece).
+
+        1007 for bad data.  ``has_more`` says whether output is left.
+        """
+        if self._inflater is None:
+            self._inflater = zlib.decompressobj(-_MAX_BITS)
+        self._pending = data + _TAIL if last else data
+        return self.inflate_more(step)
+
+    def inflate_more(self, step: int) -> bytes | int:
+        inflater = self._inflater
+        assert inflater is not None
+        try:
+            out = inflater.decompress(self._pending, step)
+        except zlib.error:
+            return 1007
+        self._pending = inflater.unconsumed_tail
+        # Output cut at ``step`` may leave more inside zlib even with no input left.
+        self.has_more = bool(self._pending) or len(out) >= step
+        return out
+
     def end_inbound(self) -> None:
         """The compressed message ended (completely, or dropped after an error)."""
         if self._agreement is not None and self._agreement.receive_reset:
@@ -195,12 +220,19 @@ class PerMessageDeflate:
             if not data:
                 return b"".join(pieces) if len(pieces) != 1 else pieces[0]
 
-    def deflate(self, data: bytes) -> bytes:
-        """The compressed payload of a whole message (sent with RSV1 set)."""
+    def deflate(self, data: bytes, last: bool = True) -> bytes:
+        """The compressed payload of a whole message (``last``), or of one piece of a message
+        sent in fragments: its first frame has RSV1 set, the others not (RFC 7692 6.1).
+
+        A piece that is not the last may compress to nothing yet (zlib keeps it until it
+        has enough); the last flushes everything and drops the 4-byte tail (RFC 7692 7.2.1).
+        """
         agreement = self._agreement
         assert agreement is not None
         if self._deflater is None:
             self._deflater = zlib.compressobj(self._level, zlib.DEFLATED, -agreement.send_bits, self._mem_level)
+        if not last:
+            return self._deflater.compress(data)
         compressed = self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
         if compressed.endswith(_TAIL):
             compressed = compressed[:-4]

@@ -39,7 +39,7 @@ from ._handshake import Headers, HTTPRequest, UpgradeRequest
 from ._inbox import Inbox
 from ._keepalive import keepalive
 from ._options import Options
-from ._protocol import MESSAGE, PING, PONG, YIELD, Ending, Protocol, ServerProtocol, State
+from ._protocol import BINARY, FRAGMENT, MESSAGE, TEXT, PING, PONG, YIELD, Ending, Protocol, ServerProtocol, State
 from ._sync import Flag, SendLock
 from ._transport import Transport, describe
 
@@ -53,6 +53,18 @@ logger = logging.getLogger("trio_ws")
 _GRACE = 1.0  # seconds for a lingering close, and for the application to answer before a failure
 _NEED_DATA = 0  # what _deliver() returns when the protocol needs more bytes
 _HANDSHAKE_READ = 2**16  # a handshake read when receive_buffer_size is None (trio's default)
+
+
+def _piece_payload(piece: object, opcode: int) -> tuple[int, bytes]:
+    if isinstance(piece, str):
+        kind, data = TEXT, piece.encode("utf-8")
+    elif isinstance(piece, (bytes, bytearray, memoryview)):
+        kind, data = BINARY, bytes(piece)
+    else:
+        raise TypeError(f"a message's pieces must be str or bytes-like, not {type(piece).__name__}")
+    if opcode and kind != opcode:
+        raise TypeError("the pieces of one message must all be str (text) or all bytes-like (binary)")
+    return kind, data
 
 
 class PendingPing:
@@ -75,11 +87,13 @@ class Engine:
         "_id",
         "_inbox",
         "_latency",
+        "_message_lock",
         "_options",
         "_pings",
         "_protocol",
         "_reader",
         "_send_lock",
+        "_stream",
         "_timed_out",
         "_transport",
     )
@@ -97,6 +111,11 @@ class Engine:
         self._timed_out = False  # ... because the closing handshake ran out of time
         self._buffered_amount = 0  # message bytes handed to send_message() and not yet written
         self._latency: float | None = None  # the last keepalive round trip
+        # Made the first time a message is sent in pieces: held for the whole
+        # message, so that no other message's frames go out between its own.
+        self._message_lock: SendLock | None = None
+        # The receive_fragments() iterator whose message is being received, if any.
+        self._stream: object | None = None
 
     # ------------------------------------------------------------------
     # The package's interface: what _client, _server, _keepalive and
@@ -295,6 +314,108 @@ class Engine:
         self._closed.set()
         await self._transport.aclose()
 
+    # --- messages in pieces ---------------------------------------------------------------
+
+    def _begin_stream(self, stream: object, max_size: int | None, decode: bool) -> None:
+        """``stream`` receives the next message in pieces (see ``receive_fragments``)."""
+        self._end_stream()
+        self._stream = stream
+        if len(self._inbox) == 0:  # (else the next message is whole already: it comes as one piece)
+            event = self._protocol.stream_next(max_size, decode=decode)
+            if event is not None:
+                kind, payload = event
+                if kind == FRAGMENT:
+                    self._inbox.put(payload)  # type: ignore[arg-type]
+                else:  # VIOLATION: already over its new bound
+                    self._closing()
+                    self._inbox.wake()
+
+    def _end_stream(self, stream: object | None = None) -> None:
+        """The streamed message's reader (``stream``, or whichever) is done with it, finished
+        or not: drop the rest."""
+        if self._stream is None or (stream is not None and stream is not self._stream):
+            return
+        self._stream = None
+        if not self._inbox.drop_pieces():
+            self._protocol.drop_stream()
+        self._inbox.wake()  # a reader paused on pieces nobody will take
+
+    async def _next_piece(self, stream: object, decode: bool) -> tuple[str | bytes, bool, bool]:
+        """The next piece of ``stream``'s message, whether it is the last, and whether the
+        message is text.
+
+        :raises ConnectionClosed: the connection closed first.
+        :raises RuntimeError: another receive call took the connection meanwhile.
+        """
+        if self._stream is not stream:
+            raise RuntimeError("another receive call took over this connection")
+        inbox = self._inbox
+        item = await inbox.get()
+        if item is None:
+            self._stream = None
+            raise ConnectionClosed(self._protocol.close_reason)
+        if isinstance(item, tuple):
+            piece, last, text = item
+        else:  # a message that was whole before the stream began
+            piece, last, text = item, True, isinstance(item, str)
+            if not decode and text:
+                piece = item.encode("utf-8")  # type: ignore[union-attr]
+        if last:
+            self._stream = None
+        if inbox.reader_paused and self._deliver() != MESSAGE:
+            inbox.wake()
+        return piece, last, text
+
+    async def _send_pieces(self, source: object, compress: bool) -> None:
+        """Send one message made of the pieces ``source`` yields (an iterable or async iterable
+        of ``str``, or of bytes-like objects), one frame per piece as it comes, then an empty
+        final frame.  No other message goes out meanwhile; control frames may.
+
+        :raises TypeError: a piece of another type; if frames were sent already, the
+            message can never be finished and the connection is closed with 1011.
+        """
+        protocol = self._protocol
+        if not protocol.state.can_send:
+            raise ConnectionClosed(protocol.close_reason)
+        if self._message_lock is None:
+            self._message_lock = SendLock()
+        started = False
+        async with self._message_lock:
+            try:
+                opcode = 0
+                if hasattr(source, "__aiter__"):
+                    async for piece in source:
+                        opcode = await self._send_piece(piece, opcode, compress)
+                        started = True
+                else:
+                    for piece in source:  # type: ignore[attr-defined]
+                        opcode = await self._send_piece(piece, opcode, compress)
+                        started = True
+                await self._send_frame_of_pieces(opcode or BINARY, b"", True, compress)
+            except BaseException:
+                if started and protocol.state.can_send:
+                    with trio.CancelScope(shield=True):
+                        async with self._send_lock:
+                            protocol.close(1011, "a message sent in pieces could not be finished")
+                            self._closing()
+                            await self._write_queued()
+                raise
+
+    async def _send_piece(self, piece: object, opcode: int, compress: bool) -> int:
+        """Send one piece as a frame of the message; its opcode (the message's)."""
+        opcode, data = _piece_payload(piece, opcode)
+        await self._send_frame_of_pieces(opcode, data, False, compress)
+        return opcode
+
+    async def _send_frame_of_pieces(self, opcode: int, data: bytes, last: bool, compress: bool) -> None:
+        size = len(data)
+        self._buffered_amount += size
+        try:
+            async with self._send_lock:
+                await self._write(self._protocol.send_fragment(opcode, data, last=last, compress=compress))
+        finally:
+            self._buffered_amount -= size
+
     # --- writing ---------------------------------------------------------------------------
 
     async def _write(self, data: bytes) -> None:
@@ -370,8 +491,8 @@ class Engine:
             if event is None:
                 return _NEED_DATA
             kind, payload = event
-            if kind == MESSAGE:
-                if inbox.put(payload):  # type: ignore[arg-type]  # str | bytes
+            if kind == MESSAGE or kind == FRAGMENT:
+                if inbox.put(payload):  # type: ignore[arg-type]  # a message, or (piece, last)
                     return MESSAGE  # full
             elif kind == PONG:
                 self._on_pong(payload)  # type: ignore[arg-type]  # bytes

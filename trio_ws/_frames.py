@@ -269,10 +269,10 @@ def _take(buf: bytearray, start: int, end: int, key: bytes) -> bytes:
 # --- writing ------------------------------------------------------------------------------
 
 
-def frame(opcode: int, payload: bytes, *, mask: bool, rsv1: bool = False) -> bytes:
-    """One complete (FIN) frame.  A client masks with a fresh random key."""
+def frame(opcode: int, payload: bytes, *, mask: bool, rsv1: bool = False, fin: bool = True) -> bytes:
+    """One frame, complete (``fin``) unless a fragment.  A client masks with a fresh random key."""
     length = len(payload)
-    first = 0x80 | opcode | (0x40 if rsv1 else 0)
+    first = (0x80 if fin else 0) | opcode | (0x40 if rsv1 else 0)
     mask_bit = 0x80 if mask else 0
     if length < 126:
         head = _HEAD2.pack(first, mask_bit | length)

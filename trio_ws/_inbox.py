@@ -30,7 +30,7 @@ import trio
 
 from ._sync import Flag, WaitQueue
 
-__all__ = ["Inbox"]
+__all__ = ["Inbox", "Item"]
 
 
 class _Intake(enum.Enum):
@@ -39,6 +39,8 @@ class _Intake(enum.Enum):
     DROPPED = "dropped"  # closed locally: nothing more is delivered
 
 
+# A message, or a piece of a streamed message: (piece, last, text).
+Item = str | bytes | tuple[str | bytes, bool, bool]
 _OPEN = _Intake.OPEN  # a class attribute of an Enum is slow to look up: this is a global
 
 
@@ -58,7 +60,10 @@ class Inbox:
     )
 
     def __init__(self, limit: int) -> None:
-        self._messages: list[str | bytes] = []  # a deque's first block alone is 600 bytes
+        # Messages, and pieces of a streamed message (tuples): a piece
+        # counts as a message for the bound.  (A deque's first block alone is
+        # 600 bytes.)
+        self._messages: list[Item] = []
         self._limit = limit
         self._intake = _Intake.OPEN
         self._waiters = WaitQueue()  # tasks in get(), waiting for a message
@@ -73,7 +78,7 @@ class Inbox:
 
     # --- the reader's side -------------------------------------------------------------------
 
-    def put(self, message: str | bytes) -> bool:
+    def put(self, message: Item) -> bool:
         """Add a message; ``True`` if the inbox is now full and the reader should pause
         (more than ``message_queue_size`` messages wait)."""
         if self._intake is not _OPEN:
@@ -113,7 +118,7 @@ class Inbox:
 
     # --- the application's side --------------------------------------------------------------
 
-    async def get(self) -> str | bytes | None:
+    async def get(self) -> Item | None:
         """The next message, waiting for it; ``None`` once the inbox has ended.
 
         A cancel point; a schedule point only if it waits.  A cancelled call
@@ -138,6 +143,17 @@ class Inbox:
 
     def __len__(self) -> int:
         return len(self._messages)
+
+    def drop_pieces(self) -> bool:
+        """Drop the pieces of a streamed message from the front; ``True`` if its last was
+        among them (else the rest is still to come)."""
+        messages = self._messages
+        while messages and isinstance(messages[0], tuple):
+            item = messages.pop(0)
+            self._taken += 1
+            if item[1]:  # (piece, last, text)
+                return True
+        return False
 
     # --- the end -----------------------------------------------------------------------------
 

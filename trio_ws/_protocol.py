@@ -44,7 +44,18 @@ from typing import Final
 
 from ._deflate import PerMessageDeflate
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError, set_was_clean
-from ._frames import BINARY, OP_CLOSE, OP_PING, OP_PONG, TEXT, FrameError, FrameReader, close_frame, frame
+from ._frames import (
+    BINARY,
+    CONTINUATION,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    TEXT,
+    FrameError,
+    FrameReader,
+    close_frame,
+    frame,
+)
 from ._handshake import (
     PROTOCOL_HEADERS,
     Accepted,
@@ -63,6 +74,7 @@ from ._messages import MessageAssembler
 
 __all__ = [
     "CLOSE",
+    "FRAGMENT",
     "MESSAGE",
     "PING",
     "PONG",
@@ -86,10 +98,13 @@ PONG: Final = 3  # bytes: a pong
 CLOSE: Final = 4  # (code, reason): the peer's Close (1005 and "" when it had no code)
 VIOLATION: Final = 5  # (code, reason): the peer broke the protocol (see ``state``)
 YIELD: Final = 6  # None: many frames were parsed in a row; let other tasks run
+FRAGMENT: Final = 7  # (piece, last, text): a piece of a streamed message (see stream_next())
 Event = tuple[int, object]
 
 _FRAMES_PER_STEP: Final = 256  # at most this many frames (about 1 ms of tiny ones), then YIELD
 _YIELD_EVENT: Final[Event] = (YIELD, None)
+_SENDING: Final = 1  # Protocol._sending: a fragmented message is under way ...
+_SENDING_COMPRESSED: Final = 2  # ... and it is compressed
 
 # Close codes an endpoint may put in a Close frame: RFC 6455 7.4.1, plus 1012
 # (service restart) and 1013 (try again later) from the IANA registry.  1004-1006
@@ -205,11 +220,13 @@ class Protocol:
         "_client",
         "_deflate",
         "_max_message_size",
-        "_out",
         "_reader",
+        "_sending",
         "_violation",
         "close_reason",
         "handshake_error",
+        "messages_received",
+        "messages_sent",
         "outgoing",
         "state",
     )
@@ -234,6 +251,12 @@ class Protocol:
         self._reader: FrameReader | None = None
         self._assembler: MessageAssembler | None = None
         self._violation: FrameError | None = None  # in VIOLATED: what fail() sends
+        # A message we send in fragments: 0 none, else the flags of its frames
+        # (_SENDING, and _SENDING_COMPRESSED when it is compressed).
+        self._sending = 0
+        #: Complete messages sent and received (statistics).
+        self.messages_sent = 0
+        self.messages_received = 0
         self._budget = _FRAMES_PER_STEP
 
     # --- what the caller reads -------------------------------------------------------------
@@ -303,21 +326,52 @@ class Protocol:
         assert assembler is not None
         try:
             while True:
-                piece = reader.next_piece()
-                if piece is None:
-                    return None
-                self._budget -= 1
-                opcode, payload, flags = piece
-                if opcode >= OP_CLOSE:
-                    return self._control(opcode, payload)
-                message = assembler.add(opcode, payload, flags)
+                if assembler.more:  # a compressed piece of a streamed message inflates on
+                    message = assembler.more_output()
+                else:
+                    piece = reader.next_piece()
+                    if piece is None:
+                        return None
+                    self._budget -= 1
+                    opcode, payload, flags = piece
+                    if opcode >= OP_CLOSE:
+                        return self._control(opcode, payload)
+                    message = assembler.add(opcode, payload, flags)
                 if message is not None and self.state.delivering:  # after our Close: dropped
+                    if assembler.piece:
+                        return self._fragment(message, assembler.piece == 2)
+                    self.messages_received += 1
                     return (MESSAGE, message)
                 if self._budget <= 0:  # this many frames, and an event is not always among them
                     self._budget = _FRAMES_PER_STEP
                     return _YIELD_EVENT
         except FrameError as exc:
             return self._on_violation(exc)
+
+    def _fragment(self, piece: str | bytes, last: bool) -> Event:
+        if last:
+            self.messages_received += 1
+        assert self._assembler is not None
+        return (FRAGMENT, (piece, last, self._assembler.text))
+
+    def stream_next(self, max_size: int | None, *, decode: bool = True) -> Event | None:
+        """Deliver the next message (or the one under way) as FRAGMENT events, bounded by
+        ``max_size`` (``None``: no bound), text as ``str`` pieces, or as validated UTF-8
+        ``bytes`` if not ``decode``.  What came of a message under way is the first piece,
+        returned here."""
+        assembler = self._assembler
+        if assembler is None or not self.state.delivering:
+            return None
+        try:
+            piece = assembler.stream(max_size, decode=decode)
+        except FrameError as exc:
+            return self._on_violation(exc)
+        return None if piece is None else self._fragment(piece, False)
+
+    def drop_stream(self) -> None:
+        """The streamed message's reader left: the rest of that message is dropped as it comes."""
+        if self._assembler is not None:
+            self._assembler.drop_stream()
 
     def _control(self, opcode: int, payload: bytes) -> Event:
         if opcode == OP_PING:
@@ -350,22 +404,52 @@ class Protocol:
 
     # --- calls in, bytes out -----------------------------------------------------------------
 
-    def send_data(self, opcode: int, payload: bytes) -> bytes:
-        """A data message (TEXT or BINARY, in one frame) to write now.
+    def send_data(self, opcode: int, payload: bytes, compress: bool = True) -> bytes:
+        """A data message (TEXT or BINARY, in one frame) to write now; compressed if
+        permessage-deflate was agreed, unless not ``compress`` (RFC 7692 lets each message choose).
 
         :raises ConnectionClosed: a Close was sent or received, or the connection ended.
         """
         if not self.state.can_send:
             raise ConnectionClosed(self.close_reason)
         deflate = self._deflate
-        if deflate is not None and deflate.enabled():
+        if deflate is not None and compress and deflate.enabled():
             data = frame(opcode, deflate.deflate(payload), mask=self._client, rsv1=True)
         else:
             data = frame(opcode, payload, mask=self._client)
+        self.messages_sent += 1
         if self.outgoing:
             self.outgoing.append(data)
             return self.data_to_send()
         return data
+
+    def send_fragment(self, opcode: int, payload: bytes, *, last: bool, compress: bool = True) -> bytes:
+        """One frame of a message sent in pieces, to write now: the first carries ``opcode``
+        (TEXT or BINARY), the others are continuations; ``last`` ends the message.  Control
+        frames may go out between them; the caller keeps other messages out until the last.
+
+        :raises ConnectionClosed: a Close was sent or received, or the connection ended.
+        """
+        if not self.state.can_send:
+            raise ConnectionClosed(self.close_reason)
+        deflate = self._deflate
+        first = not self._sending
+        if first:
+            compressed = deflate is not None and compress and deflate.enabled()
+            self._sending = _SENDING | (_SENDING_COMPRESSED if compressed else 0)
+        else:
+            opcode = CONTINUATION
+        if self._sending & _SENDING_COMPRESSED:
+            assert deflate is not None
+            payload = deflate.deflate(payload, last)
+        data = frame(
+            opcode, payload, mask=self._client, rsv1=first and self._sending & _SENDING_COMPRESSED != 0, fin=last
+        )
+        if last:
+            self._sending = 0
+            self.messages_sent += 1
+        self.outgoing.append(data)
+        return self.data_to_send()
 
     def ping(self, payload: bytes) -> bytes:
         """A Ping to write now (``payload``: at most 125 bytes).  :raises ConnectionClosed:"""

@@ -62,7 +62,19 @@ def describe(exc: BaseException) -> str:
 class Transport:
     """One stream: reads sized for WebSocket frames, writes, and a close that lingers if asked."""
 
-    __slots__ = ("_base_size", "_local", "_remote", "_short", "_size", "_sock", "_streak", "closed", "stream")
+    __slots__ = (
+        "_base_size",
+        "_local",
+        "_remote",
+        "_short",
+        "_size",
+        "_sock",
+        "_streak",
+        "bytes_received",
+        "bytes_sent",
+        "closed",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, receive_buffer_size: int | None) -> None:
         self.stream = stream
@@ -73,6 +85,8 @@ class Transport:
         self._short = False  # the last direct read got less than it asked for: wait first
         self._streak = 0  # direct reads since the last wait
         self.closed = False
+        self.bytes_sent = 0  # (statistics)
+        self.bytes_received = 0
         # Made when first asked for; taken (not yet made) when the socket closes.
         self._local: Endpoint | str | TakenAddress | None = None
         self._remote: Endpoint | str | TakenAddress | None = None
@@ -132,20 +146,25 @@ class Transport:
                     wait = True
                 except OSError as exc:
                     raise trio.BrokenResourceError from exc
+        count = len(data)
+        self.bytes_received += count
+        if sock is not None:
             self._streak += 1
-            self._short = len(data) < wanted
+            self._short = count < wanted
         if size is not None and exactly is None:
-            if len(data) == read_size and size < _MORE_WAITING_READ:
+            if count == read_size and size < _MORE_WAITING_READ:
                 self._size = _MORE_WAITING_READ
-            elif size != self._base_size and len(data) < size // 2:
+            elif size != self._base_size and count < size // 2:
                 self._size = self._base_size
         return data
 
     # --- writing ---------------------------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray) -> None:
-        """Write all of ``data``; a cancel point before anything is written, a schedule point after."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        """Write all of ``data``; a schedule point after.  (The caller's cancel point comes
+        before: it took the send lock.)"""
+        count = len(data)
+        self.bytes_sent += count
         sock = self._sock
         if sock is None:
             await self.stream.send_all(data)
@@ -163,7 +182,7 @@ class Transport:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError from exc
-            if sent >= len(view):
+            if sent >= count:
                 break
         await trio.lowlevel.cancel_shielded_checkpoint()
 
