@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -831,3 +832,60 @@ async def test_the_demo_page(nursery: trio.Nursery, page: BrowserPage) -> None:
                 }"""
             )
             assert logged is True
+
+
+DEMO_UPLOAD = 64 * 2**20
+
+
+def demo_upload_sha256(seed: int) -> str:
+    """The SHA-256 of what the demo page's "Stream 64 MiB" sends for ``seed``, made again here.
+
+    The page's ``uploadData(seed)``: 64 KiB of xorshift32 (13, 17, 5) from ``seed``,
+    little-endian 32-bit words, repeated to 64 MiB.
+    """
+    words = []
+    x = seed
+    for _ in range(2**16 // 4):
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        words.append(x)
+    block = struct.pack(f"<{len(words)}I", *words)
+    sha256 = hashlib.sha256()
+    for _ in range(DEMO_UPLOAD // len(block)):
+        sha256.update(block)
+    return sha256.hexdigest()
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_the_demo_page_streams_64_mib(nursery: trio.Nursery, page: BrowserPage, compression: str | None) -> None:
+    """The demo's "Stream 64 MiB": one 64 MiB message, which the server hashes piece by piece.
+
+    Over its 16 MiB max_message_size, so only receive_fragments() could take it.
+    """
+    from trio_ws._demo import MAX_MESSAGE_SIZE, run_demo
+
+    assert MAX_MESSAGE_SIZE < DEMO_UPLOAD
+    with trio.fail_after(TIMEOUT):
+        server: WebSocketServer = await nursery.start(partial(run_demo, HOST, 0, compression=compression))
+        await page.navigate(f"http://{HOST}:{server.port}/")
+        outcome = await page.call(
+            """async () => {
+                document.getElementById("stream").click();
+                const outcome = await lastUpload;
+                return {...outcome, shown: document.getElementById("upload").textContent};
+            }"""
+        )
+    ack = outcome["ack"]
+    expected = demo_upload_sha256(outcome["seed"])
+    assert ack["type"] == "upload"
+    assert ack["bytes"] == DEMO_UPLOAD
+    assert ack["sha256"] == outcome["pageSha256"] == expected
+    assert outcome["match"] is True
+    assert f"sha256 {expected}: matches what this page sent" in outcome["shown"]
+    # Taken as it came: many pieces, none larger than one read (1 MiB).
+    assert ack["pieces"] >= DEMO_UPLOAD // 2**20
+    assert ack["largest"] <= 2**20
+    # send() only queues the message; it is all sent by the time the answer comes.
+    assert outcome["bufferedAfterSend"] == DEMO_UPLOAD
+    assert outcome["bufferedAtAck"] == 0

@@ -1,15 +1,17 @@
-"""The demo server (python -m trio_ws serve): page, chat, ticks, echo."""
+"""The demo server (python -m trio_ws serve): page, chat, ticks, echo, upload."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from functools import partial
 
 import pytest
 import trio
 
-from trio_ws import ConnectionClosed, WebSocketServer, open_websocket
-from trio_ws._demo import OUTBOX_SIZE, run_demo
+from trio_ws import ConnectionClosed, WebSocketServer, _demo, open_websocket
+from trio_ws._demo import MAX_MESSAGE_SIZE, OUTBOX_SIZE, run_demo
 
 from .conftest import HOST, RawClient
 
@@ -86,3 +88,50 @@ async def test_a_slow_page_is_dropped(demo: WebSocketServer) -> None:
                 await slow.get_message()
         assert info.value.reason is not None
         assert info.value.reason.code == 1008
+
+
+async def test_upload_counts_and_hashes_in_pieces(demo: WebSocketServer) -> None:
+    """/upload answers each message with its size and SHA-256, over max_message_size too."""
+    data = os.urandom(8 * 2**20)
+    chunks = [data[i : i + 2**16] for i in range(0, len(data), 2**16)]
+    text = "h\u00e9llo \U0001f600 " * 1000
+    async with open_websocket(HOST, demo.port, "/upload", use_ssl=False) as ws:
+        await ws.send_message(iter(chunks))  # one message, in 128 frames
+        ack = await next_of(ws, "upload")
+        assert ack["bytes"] == len(data)
+        assert ack["sha256"] == hashlib.sha256(data).hexdigest()
+        pieces, largest = ack["pieces"], ack["largest"]
+        assert isinstance(pieces, int)
+        assert isinstance(largest, int)
+        assert pieces > 1  # taken as it came,
+        assert largest <= 2**20  # a read at a time
+        await ws.send_message(text)  # a text message counts as its UTF-8
+        ack = await next_of(ws, "upload")
+        assert ack["bytes"] == len(text.encode())
+        assert ack["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        await ws.send_message(b"")
+        ack = await next_of(ws, "upload")
+        assert (ack["bytes"], ack["sha256"], ack["largest"]) == (0, hashlib.sha256().hexdigest(), 0)
+
+
+async def test_upload_takes_more_than_max_message_size(demo: WebSocketServer) -> None:
+    """One frame over the connection's max_message_size: receive_fragments' bound is the one that counts."""
+    data = os.urandom(MAX_MESSAGE_SIZE + 1)
+    async with open_websocket(HOST, demo.port, "/upload", use_ssl=False) as ws:
+        await ws.send_message(data)
+        ack = await next_of(ws, "upload")
+    assert ack["bytes"] == len(data)
+    assert ack["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_upload_too_big(demo: WebSocketServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message over UPLOAD_MAX_SIZE closes the connection with 1009."""
+    monkeypatch.setattr(_demo, "UPLOAD_MAX_SIZE", 1000)
+    async with open_websocket(HOST, demo.port, "/upload", use_ssl=False) as ws:
+        await ws.send_message(b"x" * 1000)
+        assert (await next_of(ws, "upload"))["bytes"] == 1000
+        await ws.send_message([b"x" * 600, b"x" * 401])
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+    assert info.value.reason is not None
+    assert info.value.reason.code == 1009

@@ -9,6 +9,12 @@ file).  On one port it serves:
   events live;
 - WebSocket ``/chat``: every message from a page is broadcast to all open
   pages, and the server speaks first: a ``tick`` every second;
+- WebSocket ``/upload``: each message (the page's "Stream 64 MiB" button
+  sends one of 64 MiB) is taken piece by piece as it arrives, with
+  ``receive_fragments()``, never joined: the server counts its bytes, hashes
+  them (SHA-256) and answers with JSON ``{"type": "upload", "bytes": N,
+  "sha256": "<hex>", "pieces": P, "largest": L}``, for the page to compare
+  with its own SHA-256 of what it sent;
 - WebSocket on any other path: an echo server (what ``python -m trio_ws URL``
   and the Autobahn suite talk to).
 
@@ -19,6 +25,7 @@ closed with 1008 instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 import time
@@ -42,6 +49,8 @@ __all__ = ["ChatRoom", "page", "run_demo"]
 SUBPROTOCOLS = ("chat.v1",)
 OUTBOX_SIZE = 64
 TICK_SECONDS = 1.0
+MAX_MESSAGE_SIZE = 16 * 2**20  # for a message received whole (chat, echo)
+UPLOAD_MAX_SIZE = 64 * 2**20  # for a message received in pieces (upload): a larger one is closed with 1009
 
 
 def _page_bytes() -> bytes:
@@ -131,6 +140,28 @@ class ChatRoom:
         done.cancel()
 
 
+async def _upload(request: WebSocketRequest) -> None:
+    """Count and hash each message as it arrives: memory stays at one piece, whatever its size."""
+    ws = await request.accept()
+    try:
+        while True:
+            size = pieces = largest = 0
+            sha256 = hashlib.sha256()
+            # decode=False: a text message comes as its UTF-8 bytes too.  The
+            # bound is this call's: the connection's max_message_size is for
+            # messages received whole.
+            async for piece in ws.receive_fragments(max_size=UPLOAD_MAX_SIZE, decode=False):
+                assert isinstance(piece, bytes)  # (always, with decode=False)
+                sha256.update(piece)
+                size += len(piece)
+                pieces += 1
+                largest = max(largest, len(piece))
+            ack = {"type": "upload", "bytes": size, "sha256": sha256.hexdigest(), "pieces": pieces, "largest": largest}
+            await ws.send_message(json.dumps(ack))
+    except ConnectionClosed:
+        pass
+
+
 async def _echo(request: WebSocketRequest) -> None:
     ws = await request.accept(subprotocol=next(iter(request.proposed_subprotocols), None))
     try:
@@ -152,8 +183,11 @@ async def run_demo(
     room = ChatRoom()
 
     async def handler(request: WebSocketRequest) -> None:
-        if request.path.partition("?")[0] == "/chat":
+        path = request.path.partition("?")[0]
+        if path == "/chat":
             await room.serve(request)
+        elif path == "/upload":
+            await _upload(request)
         else:
             await _echo(request)
 
@@ -164,7 +198,7 @@ async def run_demo(
         ssl_context,
         compression=compression,
         http_handler=page,
-        max_message_size=16 * 2**20,
+        max_message_size=MAX_MESSAGE_SIZE,
         task_status=task_status,
     )
 
