@@ -1,7 +1,7 @@
 """``python -m trio_ws``: the demo server and an interactive client.
 
 python -m trio_ws serve [--host H] [--port P] [--tls] [--compression deflate]
-    serve the demo (a page at /, a chat at /chat, echo elsewhere), print its URL
+    serve the demo (a page at /, a chat at /chat, uploads at /upload, echo elsewhere), print its URL
 python -m trio_ws URL [--subprotocol S] [--cafile F]
     connect; each line typed is sent, each message received is printed;
     end of input (Ctrl-D) closes the connection with 1000.
@@ -121,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] == "serve":
             parser = argparse.ArgumentParser(
                 prog="python -m trio_ws serve",
-                description="Serve the demo: a page at / and, on the same port, a WebSocket chat at /chat "
-                "and an echo server at any other path.",
+                description="Serve the demo: a page at / and, on the same port, a WebSocket chat at /chat, "
+                "a streamed upload at /upload and an echo server at any other path.",
             )
             parser.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST})")
             parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
