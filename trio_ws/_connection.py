@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar, overload
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -280,6 +281,13 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
     # ------------------------------------------------------------------
     # Messages
 
+    @overload
+    async def get_message(self, *, decode: Literal[True] = ...) -> str | bytes: ...
+    @overload
+    async def get_message(self, *, decode: Literal[False]) -> bytes: ...
+    @overload
+    async def get_message(self, *, decode: bool) -> str | bytes: ...
+
     async def get_message(self, *, decode: bool = True) -> str | bytes:
         """Wait for the next message and return it: ``str`` for text, ``bytes`` for binary.
 
@@ -329,7 +337,22 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
                 raise trio.EndOfChannel from exc
             raise
 
-    def receive_fragments(self, *, max_size: int | None | _Default = _DEFAULT, decode: bool = True) -> MessageFragments:
+    @overload
+    def receive_fragments(
+        self, *, max_size: int | None | _Default = ..., decode: Literal[True] = ...
+    ) -> MessageFragments[str | bytes]: ...
+    @overload
+    def receive_fragments(
+        self, *, max_size: int | None | _Default = ..., decode: Literal[False]
+    ) -> MessageFragments[bytes]: ...
+    @overload
+    def receive_fragments(
+        self, *, max_size: int | None | _Default = ..., decode: bool
+    ) -> MessageFragments[str | bytes]: ...
+
+    def receive_fragments(
+        self, *, max_size: int | None | _Default = _DEFAULT, decode: bool = True
+    ) -> MessageFragments[str | bytes] | MessageFragments[bytes]:
         """The next message, piece by piece as it arrives: ``async for piece in ws.receive_fragments()``.
 
         Text comes as ``str`` pieces (UTF-8 decoded across piece boundaries;
@@ -505,7 +528,10 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
             await trio.lowlevel.checkpoint_if_cancelled()
 
 
-class MessageFragments:
+_Piece = TypeVar("_Piece", bound="str | bytes")
+
+
+class MessageFragments(Generic[_Piece]):
     """The pieces of one message as they arrive: what :meth:`WebSocketConnection.receive_fragments`
     returns.  ``async for piece in fragments``; ``text`` says, once the first piece came,
     whether the message is text; ``await fragments.aclose()`` drops the rest of it at once."""
@@ -520,16 +546,16 @@ class MessageFragments:
         self.text: bool | None = None
         connection._begin_stream(self, max_size, decode)
 
-    def __aiter__(self) -> MessageFragments:
+    def __aiter__(self) -> MessageFragments[_Piece]:
         return self
 
-    async def __anext__(self) -> str | bytes:
+    async def __anext__(self) -> _Piece:
         if self._done:
             raise StopAsyncIteration
         piece, last, self.text = await self._connection._next_piece(self, self._decode)
         if last:
             self._done = True
-        return piece
+        return piece  # type: ignore[return-value]  # (bytes whenever decode is False)
 
     async def aclose(self) -> None:
         """Drop the rest of the message now (leaving ``async for`` early drops it at the next receive)."""

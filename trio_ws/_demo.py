@@ -151,7 +151,6 @@ async def _upload(request: WebSocketRequest) -> None:
             # bound is this call's: the connection's max_message_size is for
             # messages received whole.
             async for piece in ws.receive_fragments(max_size=UPLOAD_MAX_SIZE, decode=False):
-                assert isinstance(piece, bytes)  # (always, with decode=False)
                 sha256.update(piece)
                 size += len(piece)
                 pieces += 1
