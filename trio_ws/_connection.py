@@ -339,19 +339,19 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
 
     @overload
     def receive_fragments(
-        self, *, max_size: int | None | _Default = ..., decode: Literal[True] = ...
+        self, *, max_size: int | _Default | None = ..., decode: Literal[True] = ...
     ) -> MessageFragments[str | bytes]: ...
     @overload
     def receive_fragments(
-        self, *, max_size: int | None | _Default = ..., decode: Literal[False]
+        self, *, max_size: int | _Default | None = ..., decode: Literal[False]
     ) -> MessageFragments[bytes]: ...
     @overload
     def receive_fragments(
-        self, *, max_size: int | None | _Default = ..., decode: bool
+        self, *, max_size: int | _Default | None = ..., decode: bool
     ) -> MessageFragments[str | bytes]: ...
 
     def receive_fragments(
-        self, *, max_size: int | None | _Default = _DEFAULT, decode: bool = True
+        self, *, max_size: int | _Default | None = _DEFAULT, decode: bool = True
     ) -> MessageFragments[str | bytes] | MessageFragments[bytes]:
         """The next message, piece by piece as it arrives: ``async for piece in ws.receive_fragments()``.
 

@@ -39,7 +39,7 @@ from ._handshake import Headers, HTTPRequest, UpgradeRequest
 from ._inbox import Inbox
 from ._keepalive import keepalive
 from ._options import Options
-from ._protocol import BINARY, FRAGMENT, MESSAGE, TEXT, PING, PONG, YIELD, Ending, Protocol, ServerProtocol, State
+from ._protocol import BINARY, FRAGMENT, MESSAGE, PING, PONG, TEXT, YIELD, Ending, Protocol, ServerProtocol, State
 from ._sync import Flag, SendLock
 from ._transport import Transport, describe
 
@@ -491,7 +491,7 @@ class Engine:
             if event is None:
                 return _NEED_DATA
             kind, payload = event
-            if kind == MESSAGE or kind == FRAGMENT:
+            if kind in (MESSAGE, FRAGMENT):
                 if inbox.put(payload):  # type: ignore[arg-type]  # a message, or (piece, last)
                     return MESSAGE  # full
             elif kind == PONG:
