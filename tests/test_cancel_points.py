@@ -1,7 +1,9 @@
 """Cancel every operation at each of its scheduling steps in turn, and check what is left.
 
 For an operation (connecting, sending, receiving, pinging, closing, the server's
-answer to a handshake, a ``websocket_pair`` block), the task running it is
+answer to a handshake, a ``websocket_pair`` block, and the message stream's
+``receive()``, ``receive_fragments()`` iteration and a message sent in pieces
+from an async iterable), the task running it is
 cancelled after exactly k of its scheduling steps, for k = 1, 2, ... until the
 operation completes before the k-th step: N, the number of steps it takes, is
 then known and must be bounded.  After each k, whatever the step:
@@ -206,6 +208,27 @@ async def assert_no_children(nursery: trio.Nursery) -> None:
 
 # --- the server the clients talk to --------------------------------------------
 
+PIECES_PREFIX = "pieces:"
+PIECES_FAILED = "a message sent in pieces could not be finished"
+
+
+class Checkpointed:
+    """An async iterator over pieces, with a checkpoint before each (and none after the last)."""
+
+    def __init__(self, pieces: list[Any]) -> None:
+        self.pieces = pieces
+        self.given = 0
+
+    def __aiter__(self) -> Checkpointed:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.given == len(self.pieces):
+            raise StopAsyncIteration
+        await trio.lowlevel.checkpoint()
+        self.given += 1
+        return self.pieces[self.given - 1]
+
 
 class Bench:
     """An echo server on loopback whose handler can instead cancel its own accept() or reject()."""
@@ -266,10 +289,14 @@ class Bench:
 
     @staticmethod
     async def echo(ws: WebSocketConnection) -> None:
-        """Echo, except that a large message is answered with its length."""
+        """Echo, except that a large message is answered with its length, and that
+        ``"pieces:a|b|c"`` is answered with ``"abc"`` sent in pieces (a checkpoint before each)."""
         try:
             while True:
                 message = await ws.get_message()
+                if isinstance(message, str) and message.startswith(PIECES_PREFIX):
+                    await ws.send_message(Checkpointed(message[len(PIECES_PREFIX) :].split("|")))
+                    continue
                 await ws.send_message(message if len(message) <= 1024 else str(len(message)))
         except ConnectionClosed:
             pass
@@ -425,6 +452,101 @@ async def get_message(bench: Bench, k: int) -> bool:
         await assert_echoes(ws, "next")
         await ws.aclose()
         assert_closed_cleanly(ws)
+        await assert_no_children(nursery)
+    return outcome.fired
+
+
+async def receive(bench: Bench, k: int) -> bool:
+    """As get_message(): the channel's receive() loses no message either."""
+    async with trio.open_nursery() as nursery:
+        ws = await bench.connect(nursery)
+        await ws.send("awaited")
+        outcome = await run_cancelled(k, ws.receive)
+        assert_consistent(ws)
+        outcome.check("receive")
+        assert ws.state is ConnectionState.OPEN
+        if outcome.completed:
+            assert outcome.value == "awaited"
+            bench.saw("completed")
+        else:
+            assert await ws.receive() == "awaited"  # no message lost
+            bench.saw("cancelled")
+        await assert_echoes(ws, "next")
+        await ws.aclose()
+        assert_closed_cleanly(ws)
+        with pytest.raises(trio.EndOfChannel):
+            await ws.receive()
+        await assert_no_children(nursery)
+    return outcome.fired
+
+
+async def receive_fragments(bench: Bench, k: int) -> bool:
+    """Iterating over the pieces of a message the server sends in pieces: cancelled at any
+    point, the iteration goes on where it stopped, and no piece is lost."""
+    pieces = ["one ", "two ", "three ", "four"]
+    async with trio.open_nursery() as nursery:
+        ws = await bench.connect(nursery)
+        fragments = ws.receive_fragments()
+        await ws.send_message(PIECES_PREFIX + "|".join(pieces))
+        got: list[str | bytes] = []
+
+        async def iterate() -> None:
+            async for piece in fragments:
+                got.append(piece)
+
+        outcome = await run_cancelled(k, iterate)
+        assert_consistent(ws)
+        outcome.check("receive_fragments() iteration")
+        assert ws.state is ConnectionState.OPEN
+        if outcome.cancelled:
+            got += [piece async for piece in fragments]  # the rest, from the same iterator
+            bench.saw("cancelled")
+        else:
+            bench.saw("completed")
+        assert "".join(got) == "".join(pieces)  # type: ignore[arg-type]
+        assert fragments.text is True
+        await assert_echoes(ws, "next")
+        await ws.aclose()
+        assert_closed_cleanly(ws)
+        await assert_no_children(nursery)
+    return outcome.fired
+
+
+async def send_in_pieces(bench: Bench, k: int) -> bool:
+    """send_message() of an async iterable: cancelled before anything was sent, nothing
+    happens; between pieces, the message can never be finished and the connection closes with
+    1011 (a clean closing handshake); in the middle of a frame's write, it aborts (1006)."""
+    pieces = [b"head", LARGE, b"tail"]
+    async with trio.open_nursery() as nursery:
+        ws = await bench.connect(nursery)
+        before = ws.statistics().bytes_sent
+        outcome = await run_cancelled(k, lambda: ws.send_message(Checkpointed(pieces)))
+        assert_consistent(ws)
+        outcome.check("send_message(pieces)")
+        assert ws.buffered_amount == 0
+        if outcome.completed:
+            assert ws.state is ConnectionState.OPEN
+            assert await ws.get_message() == str(sum(len(piece) for piece in pieces))  # all of it arrived
+            await assert_echoes(ws, "next")
+            bench.saw("completed")
+        elif ws.closed is None:
+            assert ws.state is ConnectionState.OPEN
+            assert ws.statistics().bytes_sent == before  # not a byte of the message
+            await assert_echoes(ws, "next")
+            bench.saw("nothing sent")
+        elif ws.closed.code == 1011:
+            assert ws.closed.reason == PIECES_FAILED
+            with pytest.raises(ConnectionClosed):
+                await ws.send_message("after")
+            reason = await ws.wait_closed()  # the server answers our Close
+            assert (reason.code, reason.was_clean) == (1011, True)
+            bench.saw("closed with 1011")
+        else:
+            await assert_aborted_by_the_send(ws)  # cancelled inside send_all
+            bench.saw("aborted")
+        if ws.state is not ConnectionState.CLOSED:
+            await ws.aclose()
+            assert_closed_cleanly(ws)
         await assert_no_children(nursery)
     return outcome.fired
 
@@ -606,6 +728,13 @@ CASES = [
     # lock or a cancellation pending at the call, which a step count cannot make.
     Case("send_message_4MiB", send_large, must_see=frozenset({"aborted", "completed"})),
     Case("get_message", get_message),
+    Case("receive", receive, must_see=frozenset({"cancelled", "completed"})),
+    Case("receive_fragments", receive_fragments, must_see=frozenset({"cancelled", "completed"})),
+    Case(
+        "send_message_in_pieces",
+        send_in_pieces,
+        must_see=frozenset({"nothing sent", "closed with 1011", "aborted", "completed"}),
+    ),
     Case("ping", ping),
     Case("pong", pong),
     Case("aclose", aclose),

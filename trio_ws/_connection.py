@@ -331,11 +331,15 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
         :raises ConnectionClosed: it ended another way.
         """
         try:
-            return await self.get_message()
+            message = await self.get_message()
         except ConnectionClosed as exc:
             if exc.reason is not None and exc.reason.code in _NORMAL_CLOSE:
                 raise trio.EndOfChannel from exc
             raise
+        # A schedule point, as every trio channel's receive (get_message() has none
+        # when a message is waiting: trio_ws's own call, measured for speed).
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
 
     @overload
     def receive_fragments(
@@ -536,15 +540,16 @@ class MessageFragments(Generic[_Piece]):
     returns.  ``async for piece in fragments``; ``text`` says, once the first piece came,
     whether the message is text; ``await fragments.aclose()`` drops the rest of it at once."""
 
-    __slots__ = ("_connection", "_decode", "_done", "text")
+    __slots__ = ("_connection", "_decode", "_done", "_flush", "_max_size", "text")
 
     def __init__(self, connection: WebSocketConnection, max_size: int | None, decode: bool) -> None:
         self._connection = connection
+        self._max_size = max_size
         self._decode = decode
         self._done = False
         #: ``True`` for a text message, ``False`` for binary; ``None`` before the first piece.
         self.text: bool | None = None
-        connection._begin_stream(self, max_size, decode)
+        self._flush = connection._begin_stream(self, max_size, decode)
 
     def __aiter__(self) -> MessageFragments[_Piece]:
         return self
@@ -552,7 +557,8 @@ class MessageFragments(Generic[_Piece]):
     async def __anext__(self) -> _Piece:
         if self._done:
             raise StopAsyncIteration
-        piece, last, self.text = await self._connection._next_piece(self, self._decode)
+        flush, self._flush = self._flush, False
+        piece, last, self.text = await self._connection._next_piece(self, self._max_size, self._decode, flush)
         if last:
             self._done = True
         return piece  # type: ignore[return-value]  # (bytes whenever decode is False)

@@ -224,15 +224,17 @@ class PerMessageDeflate:
         """The compressed payload of a whole message (``last``), or of one piece of a message
         sent in fragments: its first frame has RSV1 set, the others not (RFC 7692 6.1).
 
-        A piece that is not the last may compress to nothing yet (zlib keeps it until it
-        has enough); the last flushes everything and drops the 4-byte tail (RFC 7692 7.2.1).
+        Every piece is flushed, so that it reaches the peer at once; the last drops the
+        4-byte tail of its flush (RFC 7692 7.2.1).
         """
         agreement = self._agreement
         assert agreement is not None
         if self._deflater is None:
             self._deflater = zlib.compressobj(self._level, zlib.DEFLATED, -agreement.send_bits, self._mem_level)
         if not last:
-            return self._deflater.compress(data)
+            # Flushed, so that each piece reaches the peer as it is sent (a stream
+            # is only useful if it flows); the tail stays, as it is not the end.
+            return self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
         compressed = self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
         if compressed.endswith(_TAIL):
             compressed = compressed[:-4]

@@ -55,6 +55,19 @@ _NEED_DATA = 0  # what _deliver() returns when the protocol needs more bytes
 _HANDSHAKE_READ = 2**16  # a handshake read when receive_buffer_size is None (trio's default)
 
 
+async def _close_iterator(iterator: object) -> None:
+    """Close a generator (or async generator) we stopped taking pieces from, so that its
+    ``finally`` runs now and not at garbage collection."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True):
+            await aclose()
+    else:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
 def _piece_payload(piece: object, opcode: int) -> tuple[int, bytes]:
     if isinstance(piece, str):
         kind, data = TEXT, piece.encode("utf-8")
@@ -316,19 +329,25 @@ class Engine:
 
     # --- messages in pieces ---------------------------------------------------------------
 
-    def _begin_stream(self, stream: object, max_size: int | None, decode: bool) -> None:
-        """``stream`` receives the next message in pieces (see ``receive_fragments``)."""
+    def _begin_stream(self, stream: object, max_size: int | None, decode: bool) -> bool:
+        """``stream`` receives the next message in pieces (see ``receive_fragments``).
+
+        ``True`` if that message was under way and over ``max_size`` already: the
+        connection is closing with 1009, and the first ``_next_piece()`` writes the Close
+        (this is no async function: the reader, blocked in a read, cannot).
+        """
         self._end_stream()
         self._stream = stream
-        if len(self._inbox) == 0:  # (else the next message is whole already: it comes as one piece)
+        if len(self._inbox) == 0:  # (else the next message is whole already: one piece)
             event = self._protocol.stream_next(max_size, decode=decode)
             if event is not None:
                 kind, payload = event
                 if kind == FRAGMENT:
                     self._inbox.put(payload)  # type: ignore[arg-type]
-                else:  # VIOLATION: already over its new bound
+                else:  # VIOLATION
                     self._closing()
-                    self._inbox.wake()
+                    return True
+        return False
 
     def _end_stream(self, stream: object | None = None) -> None:
         """The streamed message's reader (``stream``, or whichever) is done with it, finished
@@ -340,16 +359,22 @@ class Engine:
             self._protocol.drop_stream()
         self._inbox.wake()  # a reader paused on pieces nobody will take
 
-    async def _next_piece(self, stream: object, decode: bool) -> tuple[str | bytes, bool, bool]:
+    async def _next_piece(
+        self, stream: object, max_size: int | None, decode: bool, flush: bool
+    ) -> tuple[str | bytes, bool, bool]:
         """The next piece of ``stream``'s message, whether it is the last, and whether the
-        message is text.
+        message is text.  A checkpoint; a cancelled call takes nothing.
 
-        :raises ConnectionClosed: the connection closed first.
+        :raises ConnectionClosed: the connection closed first (or the message is over
+            ``max_size``: then it closes with 1009).
         :raises RuntimeError: another receive call took the connection meanwhile.
         """
         if self._stream is not stream:
             raise RuntimeError("another receive call took over this connection")
         inbox = self._inbox
+        if flush:  # see _begin_stream
+            with trio.CancelScope(shield=True):
+                await self._flush()
         item = await inbox.get()
         if item is None:
             self._stream = None
@@ -358,18 +383,33 @@ class Engine:
             piece, last, text = item
         else:  # a message that was whole before the stream began
             piece, last, text = item, True, isinstance(item, str)
+            if max_size is not None and len(item) > max_size:
+                self._stream = None
+                await self._close_now(1009, f"message is larger than max_message_size ({max_size} bytes)")
+                raise ConnectionClosed(self._protocol.close_reason)
             if not decode and text:
                 piece = item.encode("utf-8")  # type: ignore[union-attr]
         if last:
             self._stream = None
         if inbox.reader_paused and self._deliver() != MESSAGE:
             inbox.wake()
+        await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point, as every trio receive
         return piece, last, text
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        """Start the closing handshake from the application's side, shielded, without
+        waiting for the answer (the reader ends it)."""
+        with trio.CancelScope(shield=True):
+            async with self._send_lock:
+                self._protocol.close(code, reason)
+                self._closing()
+                await self._write_queued()
 
     async def _send_pieces(self, source: object, compress: bool) -> None:
         """Send one message made of the pieces ``source`` yields (an iterable or async iterable
         of ``str``, or of bytes-like objects), one frame per piece as it comes, then an empty
-        final frame.  No other message goes out meanwhile; control frames may.
+        final frame.  No other message goes out meanwhile; control frames may.  The iterator
+        is closed when the message ends, finished or not.
 
         :raises TypeError: a piece of another type; if frames were sent already, the
             message can never be finished and the connection is closed with 1011.
@@ -380,26 +420,25 @@ class Engine:
         if self._message_lock is None:
             self._message_lock = SendLock()
         started = False
+        is_async = hasattr(source, "__aiter__")
+        iterator = source.__aiter__() if is_async else iter(source)  # type: ignore[attr-defined,call-overload]
         async with self._message_lock:
             try:
                 opcode = 0
-                if hasattr(source, "__aiter__"):
-                    async for piece in source:
-                        opcode = await self._send_piece(piece, opcode, compress)
-                        started = True
-                else:
-                    for piece in source:  # type: ignore[attr-defined]
-                        opcode = await self._send_piece(piece, opcode, compress)
-                        started = True
+                while True:
+                    try:
+                        piece = await iterator.__anext__() if is_async else next(iterator)
+                    except (StopAsyncIteration, StopIteration):
+                        break
+                    opcode = await self._send_piece(piece, opcode, compress)
+                    started = True
                 await self._send_frame_of_pieces(opcode or BINARY, b"", True, compress)
             except BaseException:
                 if started and protocol.state.can_send:
-                    with trio.CancelScope(shield=True):
-                        async with self._send_lock:
-                            protocol.close(1011, "a message sent in pieces could not be finished")
-                            self._closing()
-                            await self._write_queued()
+                    await self._close_now(1011, "a message sent in pieces could not be finished")
                 raise
+            finally:
+                await _close_iterator(iterator)
 
     async def _send_piece(self, piece: object, opcode: int, compress: bool) -> int:
         """Send one piece as a frame of the message; its opcode (the message's)."""

@@ -70,6 +70,7 @@ class MessageAssembler:
         "_max",
         "_more_flags",
         "_more_opcode",
+        "_next_armed",
         "_raw",
         "_size",
         "_stream",
@@ -95,6 +96,7 @@ class MessageAssembler:
         self._inflating = True
         # Streaming (see the module's docstring).
         self._stream = _Stream.OFF
+        self._next_armed = False  # DROPPING, and the message after it is to be streamed
         self._stream_max = _UNBOUNDED
         self._raw = False  # stream text as validated UTF-8 bytes, not str
         #: What add() (or more_output()) returned: 0 a whole message, 1 a piece of a
@@ -218,6 +220,9 @@ class MessageAssembler:
         returned here (``piece`` is then 1); one already over the limit stays dropped."""
         self._stream_max = _UNBOUNDED if max_size is None else max_size
         self._raw = not decode
+        if self._stream is _Stream.DROPPING:  # the rest of an abandoned message is still coming
+            self._next_armed = True
+            return None
         if self._bytes is None and self._text is None:
             if not self._discarding:  # (over the limit already: it ends with its 1009)
                 self._stream = _Stream.ARMED
@@ -231,9 +236,12 @@ class MessageAssembler:
             self._bytes = None
         else:
             assert self._text is not None
+            assert self._decoder is not None
             text = self._text.getvalue()
             self._text = None
-            piece = text.encode("utf-8") if self._raw else text
+            # Undecoded: what came so far, with the bytes of a character cut in two
+            # that the decoder holds (it still checks them with what follows).
+            piece = text.encode("utf-8") + self._decoder.getstate()[0] if self._raw else text
         if self._size > self._stream_max:
             self._too_big(0)
         return piece
@@ -244,6 +252,7 @@ class MessageAssembler:
             self._stream_off()
         elif self._stream is _Stream.ON:
             self._stream = _Stream.DROPPING
+        self._next_armed = False
 
     def more_output(self) -> str | bytes | None:
         """The next inflated part of a compressed piece of a streamed message (``more`` is true)."""
@@ -256,7 +265,11 @@ class MessageAssembler:
         return self._stream_output(self._more_opcode, out, 0 if self.more else self._more_flags)
 
     def _stream_off(self) -> None:
-        if self._stream is not _Stream.OFF:
+        """The streamed message ended (or none is wanted any more): the next one is whole,
+        unless it was asked for while the rest of an abandoned one was being dropped."""
+        if self._next_armed:
+            self._stream, self._next_armed = _Stream.ARMED, False
+        elif self._stream is not _Stream.OFF:
             self._stream = _Stream.OFF
             self._stream_max = _UNBOUNDED
 
