@@ -3,6 +3,7 @@
 Change ``import trio_websocket`` to ``import trio_ws``; everything else stays.
 """
 
+from ._broadcast import BroadcastResult, broadcast
 from ._client import (
     connect_websocket,
     connect_websocket_url,
@@ -21,10 +22,11 @@ from ._errors import (
     HandshakeError,
 )
 from ._handshake import HTTPRequest, HTTPResponse
-from ._server import WebSocketRequest, WebSocketServer, serve_websocket, wrap_server_stream
+from ._server import OpenConnections, WebSocketRequest, WebSocketServer, serve_websocket, wrap_server_stream
 from ._version import __version__
 
 __all__ = [
+    "BroadcastResult",
     "CloseReason",
     "ConnectionClosed",
     "ConnectionRejected",
@@ -37,10 +39,12 @@ __all__ = [
     "HTTPResponse",
     "HandshakeError",
     "MessageFragments",
+    "OpenConnections",
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",
     "__version__",
+    "broadcast",
     "connect_websocket",
     "connect_websocket_url",
     "open_websocket",

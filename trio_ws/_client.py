@@ -12,7 +12,7 @@ from wsproto import ConnectionType
 
 from ._connection import WebSocketConnection
 from ._errors import ConnectionTimeout, DisconnectionTimeout, HandshakeError
-from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, Options
+from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
 from ._url import WebSocketURL, parse_url
 
 __all__ = [
@@ -48,10 +48,15 @@ class _Extras(TypedDict, total=False):
     ping_interval: float | None
     ping_timeout: float | None
     origin: str | None
+    write_limit: int
 
 
 def _extras(
-    compression: str | None, ping_interval: float | None, ping_timeout: float | None, origin: str | None
+    compression: str | None,
+    ping_interval: float | None,
+    ping_timeout: float | None,
+    origin: str | None,
+    write_limit: int = WRITE_LIMIT,
 ) -> _Extras:
     """trio_ws's own options, only those given: a ``*_url`` call then passes on exactly
     what trio-websocket's would, so that tests that mock the inner call still pass."""
@@ -64,6 +69,8 @@ def _extras(
         extras["ping_timeout"] = ping_timeout
     if origin is not None:
         extras["origin"] = origin
+    if write_limit != WRITE_LIMIT:
+        extras["write_limit"] = write_limit
     return extras
 
 
@@ -150,6 +157,7 @@ async def connect_websocket(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Connect to ``host``:``port``, request ``resource``, return the open connection.
@@ -195,6 +203,7 @@ async def connect_websocket(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        write_limit=write_limit,
     )
     return await _connect(
         nursery,
@@ -223,6 +232,7 @@ async def connect_websocket_url(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Like :func:`connect_websocket`, for a ``ws://`` or ``wss://`` URL.
@@ -245,7 +255,7 @@ async def connect_websocket_url(
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
-        **_extras(compression, ping_interval, ping_timeout, origin),
+        **_extras(compression, ping_interval, ping_timeout, origin, write_limit),
     )
 
 
@@ -264,6 +274,7 @@ async def wrap_client_stream(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Run a client handshake over a stream you opened yourself.
@@ -280,6 +291,7 @@ async def wrap_client_stream(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        write_limit=write_limit,
     )
     return await _handshake(
         nursery, stream, host, resource, options, subprotocols=subprotocols, extra_headers=extra_headers, origin=origin
@@ -382,6 +394,7 @@ async def open_websocket(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
     origin: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Open a client connection for the body of an ``async with`` block.
@@ -411,6 +424,7 @@ async def open_websocket(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        write_limit=write_limit,
     )
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
@@ -452,6 +466,7 @@ def open_websocket_url(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
     origin: str | None = None,
     receive_buffer_size: int | None = RECEIVE_BYTES,
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
@@ -476,5 +491,5 @@ def open_websocket_url(
         receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
-        **_extras(compression, ping_interval, ping_timeout, origin),
+        **_extras(compression, ping_interval, ping_timeout, origin, write_limit),
     )

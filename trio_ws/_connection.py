@@ -23,7 +23,7 @@ from ._endpoint import Endpoint
 from ._engine import Engine, PendingPing
 from ._errors import CloseReason, ConnectionClosed
 from ._handshake import UpgradeRequest, caller_headers
-from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, Options
+from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
 from ._protocol import (
     BINARY,
     MESSAGE,
@@ -135,6 +135,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
         compression: str | None = None,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        write_limit: int = WRITE_LIMIT,
         _options: Options | None = None,
     ) -> None:
         # trio-websocket took a wsproto WSConnection here; only its role matters now.
@@ -150,6 +151,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
             compression=compression,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            write_limit=write_limit,
         )
         protocol: Protocol
         if client:
@@ -269,8 +271,9 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
 
     @property
     def buffered_amount(self) -> int:
-        """Bytes of message payload handed to ``send_message`` and not yet written."""
-        return self._buffered_amount
+        """Bytes handed to ``send_message`` (message payload) or queued by ``broadcast()``
+        (frames) and not yet written: the browser's ``bufferedAmount``."""
+        return self._buffered_amount + self._protocol.queued_bytes()
 
     def __str__(self) -> str:
         return f"{'client' if self.is_client else 'server'}-{self._id}"
@@ -458,7 +461,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
             bytes_sent=self._transport.bytes_sent,
             bytes_received=self._transport.bytes_received,
             messages_waiting=len(self._inbox),
-            buffered_amount=self._buffered_amount,
+            buffered_amount=self.buffered_amount,
             state=self.state,
             latency=self._latency,
         )

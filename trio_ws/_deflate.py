@@ -220,6 +220,16 @@ class PerMessageDeflate:
             if not data:
                 return b"".join(pieces) if len(pieces) != 1 else pieces[0]
 
+    def shareable_key(self) -> tuple[int, int, int] | None:
+        """What a compressed message depends on, when it depends on nothing else: with no
+        context takeover on our side, the same message compresses to the same bytes under
+        the same window, level and memory level, so a broadcast compresses it once for all
+        such connections.  ``None`` with context takeover (each compressor has a history)."""
+        agreement = self._agreement
+        if agreement is None or not agreement.send_reset:
+            return None
+        return (agreement.send_bits, self._level, self._mem_level)
+
     def deflate(self, data: bytes, last: bool = True) -> bytes:
         """The compressed payload of a whole message (``last``), or of one piece of a message
         sent in fragments: its first frame has RSV1 set, the others not (RFC 7692 6.1).

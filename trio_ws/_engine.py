@@ -101,6 +101,7 @@ class Engine:
         "_inbox",
         "_latency",
         "_message_lock",
+        "_nursery",
         "_options",
         "_pings",
         "_protocol",
@@ -129,6 +130,9 @@ class Engine:
         self._message_lock: SendLock | None = None
         # The receive_fragments() iterator whose message is being received, if any.
         self._stream: object | None = None
+        # Where the reader runs, and where a broadcast starts a task to write what the
+        # socket did not take at once (see _kick).
+        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------
     # The package's interface: what _client, _server, _keepalive and
@@ -225,6 +229,7 @@ class Engine:
         the nursery aborts the connection (1006).  Keepalive, when asked for,
         runs next to the reader and ends with the connection.
         """
+        self._nursery = nursery
         nursery.start_soon(self._reader_task, shield)
         interval = self._options.ping_interval
         if interval is not None:
@@ -455,12 +460,71 @@ class Engine:
         finally:
             self._buffered_amount -= size
 
+    # --- broadcast -------------------------------------------------------------------------
+
+    def _broadcast(self, opcode: int, payload: bytes, compress: bool, frames: dict[object, bytes]) -> bool | None:
+        """Hand a message to this connection without waiting (see ``broadcast()``).
+
+        ``True``: queued (and written as far as the socket takes it); ``False``: skipped
+        (not OPEN, a message in pieces under way, or nowhere to write from); ``None``:
+        over ``write_limit``, the caller decides.
+        """
+        protocol = self._protocol
+        if not protocol.state.delivering or protocol.sending_in_pieces or self._nursery is None:
+            return False
+        if protocol.queued_bytes() > self._options.write_limit:
+            return None
+        protocol.queue_data(opcode, payload, compress, frames)
+        self._kick()
+        return True
+
+    def _kick(self) -> None:
+        """Write what the protocol queued, without waiting: as much as the socket takes now,
+        the rest from a task of its own, which holds the send lock until all is out.  If
+        the lock is taken, its holder writes the queue before it lets go (see ``_write``)."""
+        lock = self._send_lock
+        if not lock.try_acquire():
+            return
+        protocol = self._protocol
+        data = protocol.data_to_send()
+        sent = self._transport.try_send(data)
+        if sent == len(data):
+            lock.release()
+            return
+        protocol.requeue(data[sent:])
+        assert self._nursery is not None
+        self._nursery.start_soon(self._write_behind)
+
+    async def _write_behind(self) -> None:
+        """Write what a broadcast queued and the socket did not take; ``_kick`` took the
+        send lock for this task."""
+        try:
+            data = self._protocol.data_to_send()
+            if data:
+                await self._write(data)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._send_lock.release()
+
+    def _close_slow(self, code: int, reason: str) -> None:
+        """Close a connection too slow for a broadcast, from a task of its own."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_within, code, reason, self._options.disconnect_timeout)
+
     # --- writing ---------------------------------------------------------------------------
 
     async def _write(self, data: bytes) -> None:
-        """Write bytes the protocol gave; the caller holds the send lock.  Transport errors abort."""
+        """Write bytes the protocol gave; the caller holds the send lock.  Transport errors abort.
+
+        Bytes a broadcast queued meanwhile (``_kick`` found the lock taken) are written
+        too, before the lock goes to anyone else.
+        """
+        transport, protocol = self._transport, self._protocol
         try:
-            await self._transport.send_all(data)
+            await transport.send_all(data)
+            while protocol.outgoing:
+                await transport.send_all(protocol.data_to_send())
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if not self._transport.closed:
                 await self._abort(f"the transport failed while sending ({describe(exc)})")

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BYTES",
+    "WRITE_LIMIT",
     "Options",
 ]
 
@@ -26,6 +27,9 @@ CONN_TIMEOUT = 60
 MESSAGE_QUEUE_SIZE = 1
 MAX_MESSAGE_SIZE = 2**20
 RECEIVE_BYTES = 4 * 2**10
+# New in trio_ws: how many bytes broadcast() may queue for a connection that
+# is not taking them (see docs/broadcast.md for how this was chosen).
+WRITE_LIMIT = 2**16
 
 
 def _is_number(value: object) -> bool:
@@ -44,6 +48,7 @@ class Options:
     compression: str | None = None
     ping_interval: float | None = None
     ping_timeout: float | None = None
+    write_limit: int = WRITE_LIMIT
 
     def __post_init__(self) -> None:
         size = self.message_queue_size
@@ -60,6 +65,9 @@ class Options:
                 raise ValueError(f"{name} must be a number of seconds, not {getattr(self, name)!r}")
         if self.compression not in (None, "deflate"):
             raise ValueError(f'compression must be None or "deflate", not {self.compression!r}')
+        limit = self.write_limit
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"write_limit must be a number of bytes >= 0, not {limit!r}")
         for name in ("ping_interval", "ping_timeout"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and value > 0):

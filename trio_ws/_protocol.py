@@ -293,6 +293,50 @@ class Protocol:
         # would reset the connection, and the peer could lose what we sent.
         return Ending.LINGER
 
+    def queued_bytes(self) -> int:
+        """How many bytes wait in ``outgoing``."""
+        return sum(map(len, self.outgoing)) if self.outgoing else 0
+
+    def requeue(self, data: bytes) -> None:
+        """Bytes taken by ``data_to_send()`` that could not be written yet: they go first."""
+        if data:
+            self.outgoing.insert(0, data)
+
+    @property
+    def sending_in_pieces(self) -> bool:
+        """A message sent in fragments is under way (no other message may start)."""
+        return self._sending != 0
+
+    def queue_data(self, opcode: int, payload: bytes, compress: bool, frames: dict[object, bytes]) -> None:
+        """Queue a whole data message (as ``send_data``, but into ``outgoing``), for a broadcast:
+        ``frames`` keeps the frames already built for other connections, by framing, so that
+        each distinct frame is built once (unmasked and uncompressed, or compressed without
+        context takeover with the same parameters); a client's frames are masked each with
+        its own key, and a compressor with context takeover compresses for itself.
+
+        :raises ConnectionClosed: a Close was sent or received, or the connection ended.
+        """
+        if not self.state.can_send or self._sending:
+            raise ConnectionClosed(self.close_reason)
+        deflate = self._deflate
+        compressed = deflate is not None and compress and deflate.enabled()
+        if self._client:
+            payload = deflate.deflate(payload) if compressed else payload  # type: ignore[union-attr]
+            data = frame(opcode, payload, mask=True, rsv1=compressed)
+        elif not compressed:
+            data = frames.get(None) or frames.setdefault(None, frame(opcode, payload, mask=False))
+        else:
+            assert deflate is not None
+            key = deflate.shareable_key()
+            if key is None:  # context takeover: this connection's own compressor
+                data = frame(opcode, deflate.deflate(payload), mask=False, rsv1=True)
+            else:
+                data = frames.get(key) or frames.setdefault(
+                    key, frame(opcode, deflate.deflate(payload), mask=False, rsv1=True)
+                )
+        self.outgoing.append(data)
+        self.messages_sent += 1
+
     def data_to_send(self) -> bytes:
         """The bytes queued so far (automatic replies, handshake answers); they are now the caller's."""
         out = self.outgoing

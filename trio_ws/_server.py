@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbcSet
 
 import trio
 from wsproto import ConnectionType
@@ -14,9 +15,10 @@ from ._connection import ConnectionState, WebSocketConnection
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
 from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
-from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, Options
+from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
 
 __all__ = [
+    "OpenConnections",
     "HTTPHandler",
     "HTTPRequest",
     "HTTPResponse",
@@ -154,6 +156,7 @@ async def wrap_server_stream(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
 ) -> WebSocketRequest:
     """Read a client's opening handshake from a stream you accepted yourself.
 
@@ -173,6 +176,7 @@ async def wrap_server_stream(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        write_limit=write_limit,
     )
     connection = WebSocketConnection(stream, ConnectionType.SERVER, _options=options)
     try:
@@ -263,6 +267,34 @@ def _is_fatal(exc: BaseException) -> bool:
     return not isinstance(exc, (Exception, trio.Cancelled))
 
 
+class OpenConnections(AbcSet["WebSocketConnection"]):
+    """The server's OPEN connections: a live, read-only view (``len``, iteration, ``in``).
+
+    Live: it follows the server as connections open and close, without copying.
+    Iterating it while connections come and go is safe (it iterates a snapshot);
+    ``len()`` counts them.
+    """
+
+    __slots__ = ("_all",)
+
+    def __init__(self, connections: set[WebSocketConnection]) -> None:
+        self._all = connections
+
+    def __contains__(self, connection: object) -> bool:
+        return connection in self._all and connection.state is ConnectionState.OPEN
+
+    def __iter__(self) -> Iterator[WebSocketConnection]:
+        open_ = ConnectionState.OPEN
+        return (connection for connection in list(self._all) if connection.state is open_)
+
+    def __len__(self) -> int:
+        open_ = ConnectionState.OPEN
+        return sum(1 for connection in self._all if connection.state is open_)
+
+    def __repr__(self) -> str:
+        return f"<OpenConnections: {len(self)}>"
+
+
 class WebSocketServer:
     """Serves WebSocket connections on one or more listeners.
 
@@ -309,6 +341,7 @@ class WebSocketServer:
         compression: str | None = None,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        write_limit: int = WRITE_LIMIT,
         origins: Iterable[str | None] | None = None,
         http_handler: HTTPHandler | None = None,
         max_connections: int | None = None,
@@ -329,6 +362,7 @@ class WebSocketServer:
             compression=compression,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            write_limit=write_limit,
         )
         self._origins = _origin_set(origins)
         self._http_handler = http_handler
@@ -355,6 +389,12 @@ class WebSocketServer:
         if not isinstance(endpoint, Endpoint):
             raise RuntimeError(f"This socket does not have a port: {endpoint}")
         return endpoint.port
+
+    @property
+    def connections(self) -> OpenConnections:
+        """(New in trio_ws) The connections this server has accepted and that are OPEN: a
+        live read-only view, for :func:`broadcast` or to count clients."""
+        return OpenConnections(self._connections)
 
     @property
     def listeners(self) -> list[Endpoint | str]:
@@ -521,6 +561,7 @@ async def serve_websocket(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
     origins: Iterable[str | None] | None = None,
     http_handler: HTTPHandler | None = None,
     max_connections: int | None = None,
@@ -549,6 +590,7 @@ async def serve_websocket(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        write_limit=write_limit,
     )
     _origin_set(origins)
     _check_max_connections(max_connections)

@@ -109,6 +109,13 @@ class SendLock:
             self._lot = WaitQueue()
         await self._lot.park()  # release() hands the lock over: still locked, now ours
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, without waiting (and without a checkpoint)."""
+        if self._locked:
+            return False
+        self._locked = True
+        return True
+
     def release(self) -> None:
         assert self._locked
         if not (self._lot is not None and self._lot.unpark()):

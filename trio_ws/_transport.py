@@ -186,6 +186,26 @@ class Transport:
                 break
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def try_send(self, data: bytes) -> int:
+        """Write what the socket takes now, without waiting; how many bytes that was.
+
+        Plain TCP only (0 for any other stream, and after an error, which the next
+        ``send_all()`` meets): a broadcast hands a message to thousands of connections
+        and may wait on none of them.
+        """
+        sock = self._sock
+        if sock is None or self.closed:
+            return 0
+        fd = sock.fileno()
+        if fd < 0:
+            return 0
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # BlockingIOError among them
+            return 0
+        self.bytes_sent += sent
+        return sent
+
     async def start_tls(self) -> None:
         """The TLS handshake, for a client's ``SSLStream`` (nothing for other streams)."""
         if isinstance(self.stream, trio.SSLStream):

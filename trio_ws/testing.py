@@ -23,7 +23,7 @@ from ._client import _handshake, _owned_connection
 from ._connection import WebSocketConnection
 from ._errors import HandshakeError
 from ._handshake import UpgradeRequest
-from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, Options
+from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, WRITE_LIMIT, Options
 from ._server import WebSocketRequest
 
 __all__ = ["websocket_pair"]
@@ -41,6 +41,7 @@ async def websocket_pair(
     compression: str | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    write_limit: int = WRITE_LIMIT,
 ) -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnection]]:
     """A connected ``(client, server)`` pair over memory streams, for one ``async with``.
 
@@ -61,6 +62,7 @@ async def websocket_pair(
         compression=compression,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
+        write_limit=write_limit,
     )
     client_stream, server_stream = trio.testing.memory_stream_pair()
     server = WebSocketConnection(server_stream, ConnectionType.SERVER, _options=options)
