@@ -12,6 +12,7 @@ from wsproto import ConnectionType
 
 from ._connection import WebSocketConnection
 from ._errors import ConnectionTimeout, DisconnectionTimeout, HandshakeError
+from ._log import Logger
 from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
 from ._url import WebSocketURL, parse_url
 
@@ -49,6 +50,7 @@ class _Extras(TypedDict, total=False):
     ping_timeout: float | None
     origin: str | None
     write_limit: int
+    logger: Logger
 
 
 def _extras(
@@ -57,6 +59,7 @@ def _extras(
     ping_timeout: float | None,
     origin: str | None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
 ) -> _Extras:
     """trio_ws's own options, only those given: a ``*_url`` call then passes on exactly
     what trio-websocket's would, so that tests that mock the inner call still pass."""
@@ -71,6 +74,8 @@ def _extras(
         extras["origin"] = origin
     if write_limit != WRITE_LIMIT:
         extras["write_limit"] = write_limit
+    if logger is not None:
+        extras["logger"] = logger
     return extras
 
 
@@ -158,6 +163,7 @@ async def connect_websocket(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Connect to ``host``:``port``, request ``resource``, return the open connection.
@@ -204,6 +210,7 @@ async def connect_websocket(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         write_limit=write_limit,
+        logger=logger,
     )
     return await _connect(
         nursery,
@@ -233,6 +240,7 @@ async def connect_websocket_url(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Like :func:`connect_websocket`, for a ``ws://`` or ``wss://`` URL.
@@ -255,7 +263,7 @@ async def connect_websocket_url(
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
-        **_extras(compression, ping_interval, ping_timeout, origin, write_limit),
+        **_extras(compression, ping_interval, ping_timeout, origin, write_limit, logger),
     )
 
 
@@ -275,6 +283,7 @@ async def wrap_client_stream(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
     origin: str | None = None,
 ) -> WebSocketConnection:
     """Run a client handshake over a stream you opened yourself.
@@ -292,6 +301,7 @@ async def wrap_client_stream(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         write_limit=write_limit,
+        logger=logger,
     )
     return await _handshake(
         nursery, stream, host, resource, options, subprotocols=subprotocols, extra_headers=extra_headers, origin=origin
@@ -395,6 +405,7 @@ async def open_websocket(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
     origin: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Open a client connection for the body of an ``async with`` block.
@@ -425,6 +436,7 @@ async def open_websocket(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         write_limit=write_limit,
+        logger=logger,
     )
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
@@ -467,6 +479,7 @@ def open_websocket_url(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
     origin: str | None = None,
     receive_buffer_size: int | None = RECEIVE_BYTES,
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
@@ -491,5 +504,5 @@ def open_websocket_url(
         receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
-        **_extras(compression, ping_interval, ping_timeout, origin, write_limit),
+        **_extras(compression, ping_interval, ping_timeout, origin, write_limit, logger),
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import logging
 import os
 import sys
 from collections.abc import AsyncIterable, Iterable
@@ -23,6 +22,7 @@ from ._endpoint import Endpoint
 from ._engine import Engine, PendingPing
 from ._errors import CloseReason, ConnectionClosed
 from ._handshake import UpgradeRequest, caller_headers
+from ._log import Logger
 from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
 from ._protocol import (
     BINARY,
@@ -46,8 +46,6 @@ __all__ = [
     "MessageFragments",
     "WebSocketConnection",
 ]
-
-logger = logging.getLogger("trio_ws")
 
 
 _NORMAL_CLOSE = frozenset({1000, 1001, 1005})  # receive() ends the channel after these
@@ -136,6 +134,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         write_limit: int = WRITE_LIMIT,
+        logger: Logger | None = None,
         _options: Options | None = None,
     ) -> None:
         # trio-websocket took a wsproto WSConnection here; only its role matters now.
@@ -152,6 +151,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             write_limit=write_limit,
+            logger=logger,
         )
         protocol: Protocol
         if client:
@@ -170,7 +170,11 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
                 compression=options.compression,
             )
         else:
-            protocol = ServerProtocol(max_message_size=options.max_message_size, compression=options.compression)
+            protocol = ServerProtocol(
+                max_message_size=options.max_message_size,
+                compression=options.compression,
+                server_header=options.server_header,
+            )
         super().__init__(protocol, stream, options, next(self.CONNECTION_ID))
 
     # ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -38,8 +38,23 @@ from ._errors import ConnectionClosed, HandshakeError
 from ._handshake import Headers, HTTPRequest, UpgradeRequest
 from ._inbox import Inbox
 from ._keepalive import keepalive
+from ._log import CLIENT_LOGGER, SERVER_LOGGER, describe_event, describe_frames, log
 from ._options import Options
-from ._protocol import BINARY, FRAGMENT, MESSAGE, PING, PONG, TEXT, YIELD, Ending, Protocol, ServerProtocol, State
+from ._protocol import (
+    BINARY,
+    CLOSE,
+    FRAGMENT,
+    MESSAGE,
+    PING,
+    PONG,
+    TEXT,
+    VIOLATION,
+    YIELD,
+    Ending,
+    Protocol,
+    ServerProtocol,
+    State,
+)
 from ._sync import Flag, SendLock
 from ._transport import Transport, describe
 
@@ -48,10 +63,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "PendingPing"]
 
-logger = logging.getLogger("trio_ws")
 
 _GRACE = 1.0  # seconds for a lingering close, and for the application to answer before a failure
 _NEED_DATA = 0  # what _deliver() returns when the protocol needs more bytes
+_EVENT_NAMES = {
+    MESSAGE: "MESSAGE",
+    FRAGMENT: "PIECE",
+    PING: "PING",
+    PONG: "PONG",
+    CLOSE: "CLOSE",
+    VIOLATION: "VIOLATION",
+}
 _HANDSHAKE_READ = 2**16  # a handshake read when receive_buffer_size is None (trio's default)
 
 
@@ -78,6 +100,16 @@ def _piece_payload(piece: object, opcode: int) -> tuple[int, bytes]:
     if opcode and kind != opcode:
         raise TypeError("the pieces of one message must all be str (text) or all bytes-like (binary)")
     return kind, data
+
+
+class _Closed(Flag):
+    """The transport is closed; ``timed_out``: because the closing handshake ran out of time."""
+
+    __slots__ = ("timed_out",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed_out = False
 
 
 class PendingPing:
@@ -108,7 +140,7 @@ class Engine:
         "_reader",
         "_send_lock",
         "_stream",
-        "_timed_out",
+        "_trace",
         "_transport",
     )
 
@@ -121,8 +153,8 @@ class Engine:
         self._send_lock = SendLock()
         self._pings: dict[bytes, PendingPing] = {}
         self._reader: trio.CancelScope | None = None
-        self._closed = Flag()  # the transport is closed
-        self._timed_out = False  # ... because the closing handshake ran out of time
+        self._closed = _Closed()  # the transport is closed
+        self._trace = False  # frames are traced (at DEBUG): decided when the connection opens
         self._buffered_amount = 0  # message bytes handed to send_message() and not yet written
         self._latency: float | None = None  # the last keepalive round trip
         # Made the first time a message is sent in pieces: held for the whole
@@ -230,11 +262,23 @@ class Engine:
         runs next to the reader and ends with the connection.
         """
         self._nursery = nursery
+        self._trace = self._logger().isEnabledFor(logging.DEBUG)
         nursery.start_soon(self._reader_task, shield)
         interval = self._options.ping_interval
         if interval is not None:
             timeouts = (self._options.keepalive_timeout, self._options.disconnect_timeout)
             nursery.start_soon(keepalive, cast("WebSocketConnection", self), interval, *timeouts)
+
+    def _log(self, level: int, message: str, *args: object, exc_info: Any = None) -> None:
+        """A record about this connection, to its logger (see ``_log.py``)."""
+        log(self._logger(), level, self, message, *args, exc_info=exc_info)
+
+    def _logger(self) -> logging.Logger | logging.LoggerAdapter[Any]:
+        """Where this connection's records go: the ``logger=`` given, else by role."""
+        logger = self._options.logger
+        if logger is not None:
+            return logger
+        return CLIENT_LOGGER if self._protocol.client else SERVER_LOGGER
 
     def _wait_closed(self) -> Awaitable[object]:
         """``await``: until the transport is closed."""
@@ -268,15 +312,15 @@ class Engine:
             scope.deadline = trio.current_time() + timeout
             await self._close_handshake(code, reason)
         if not self._transport.closed:
-            self._timed_out = True
+            self._closed.timed_out = True
             await self._abort(f"the closing handshake did not finish within {timeout:g} s")
-        return not self._timed_out
+        return not self._closed.timed_out
 
     async def _abort(self, why: str) -> None:
         """The connection cannot go on (transport lost, timeout): close it now (1006, unless
         closing had already started with another code)."""
         if not self._transport.closed:
-            logger.debug("%s aborted: %s", self, why)
+            log(self._logger(), logging.DEBUG, self, "aborted: %s", why)
             self._protocol.abort(why)
             await self._finish()
 
@@ -292,15 +336,15 @@ class Engine:
             await self._abort("closed before the opening handshake completed")
             return
         if protocol.state.can_send:
-            # A local close drops the messages nobody read (trio-websocket's
-            # rule); it also wakes a reader paused on a full inbox, so that it
-            # can see the peer's Close.
-            self._inbox.drop()
             async with self._send_lock:
                 # Under the lock: a frame that got it first still goes out
                 # before our Close; nothing goes out after it.
                 protocol.close(code, reason)
                 self._closing()
+                # A local close drops the messages nobody read (trio-websocket's
+                # rule); it also wakes a reader paused on a full inbox, so that it
+                # can see the peer's Close.
+                self._inbox.drop()
                 await self._write_queued()
         await self._closed.wait()  # the reader ends the transport, as the protocol says
 
@@ -521,10 +565,15 @@ class Engine:
         too, before the lock goes to anyone else.
         """
         transport, protocol = self._transport, self._protocol
+        if self._trace:
+            self._trace_out(data)
         try:
             await transport.send_all(data)
             while protocol.outgoing:
-                await transport.send_all(protocol.data_to_send())
+                data = protocol.data_to_send()
+                if self._trace:
+                    self._trace_out(data)
+                await transport.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if not self._transport.closed:
                 await self._abort(f"the transport failed while sending ({describe(exc)})")
@@ -594,15 +643,29 @@ class Engine:
             if event is None:
                 return _NEED_DATA
             kind, payload = event
+            if self._trace:
+                self._trace_in(kind, payload)
             if kind in (MESSAGE, FRAGMENT):
                 if inbox.put(payload):  # type: ignore[arg-type]  # a message, or (piece, last)
                     return MESSAGE  # full
             elif kind == PONG:
                 self._on_pong(payload)  # type: ignore[arg-type]  # bytes
             else:
+                if kind == VIOLATION:  # the peer's fault: INFO, never ERROR
+                    code, reason = cast("tuple[int, str]", payload)
+                    log(self._logger(), logging.INFO, self, "the peer broke the protocol: %s %s", code, reason)
                 if kind != PING and kind != YIELD:  # CLOSE or VIOLATION: the protocol left OPEN
                     self._closing()
                 return kind
+
+    def _trace_out(self, data: bytes) -> None:
+        logger = self._logger()
+        for line in describe_frames(data):
+            log(logger, logging.DEBUG, self, "%s", line)
+
+    def _trace_in(self, kind: int, payload: object) -> None:
+        if kind != YIELD:
+            log(self._logger(), logging.DEBUG, self, "%s", describe_event(_EVENT_NAMES[kind], payload))
 
     def _on_pong(self, payload: bytes) -> None:
         if payload not in self._pings:
@@ -673,7 +736,7 @@ class Engine:
         if not scope.cancelled_caught or self._protocol.state is State.CLOSED:
             await self._finish()  # (the wait for the peer's TCP close may have run out)
         elif trio.current_time() >= scope.deadline:
-            self._timed_out = True
+            self._closed.timed_out = True
             await self._abort(f"the closing handshake did not finish within {self._options.disconnect_timeout:g} s")
         else:
             await self._abort("the connection's reader task was stopped")

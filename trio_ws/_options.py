@@ -10,14 +10,19 @@ eight settings.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Any
+
+from ._version import __version__
 
 __all__ = [
     "CONN_TIMEOUT",
     "MAX_MESSAGE_SIZE",
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BYTES",
+    "SERVER_HEADER",
     "WRITE_LIMIT",
     "Options",
 ]
@@ -30,6 +35,7 @@ RECEIVE_BYTES = 4 * 2**10
 # New in trio_ws: how many bytes broadcast() may queue for a connection that
 # is not taking them (see docs/broadcast.md for how this was chosen).
 WRITE_LIMIT = 2**16
+SERVER_HEADER = f"trio_ws/{__version__}"  # the Server header of every HTTP answer
 
 
 def _is_number(value: object) -> bool:
@@ -49,6 +55,8 @@ class Options:
     ping_interval: float | None = None
     ping_timeout: float | None = None
     write_limit: int = WRITE_LIMIT
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None  # None: trio_ws.server or trio_ws.client
+    server_header: str | None = SERVER_HEADER
 
     def __post_init__(self) -> None:
         size = self.message_queue_size
@@ -68,6 +76,12 @@ class Options:
         limit = self.write_limit
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise ValueError(f"write_limit must be a number of bytes >= 0, not {limit!r}")
+        if self.logger is not None and not isinstance(self.logger, (logging.Logger, logging.LoggerAdapter)):
+            raise TypeError(f"logger must be a logging.Logger or LoggerAdapter, not {type(self.logger).__name__}")
+        if self.server_header is not None and not (
+            isinstance(self.server_header, str) and self.server_header.isprintable() and self.server_header.isascii()
+        ):
+            raise ValueError(f"server_header must be printable ASCII text or None, not {self.server_header!r}")
         for name in ("ping_interval", "ping_timeout"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and value > 0):

@@ -584,11 +584,12 @@ def _close_payload(payload: bytes) -> tuple[int, str]:
 class ServerProtocol(Protocol):
     """The server's side: read the client's request, answer it (101 or an HTTP response)."""
 
-    __slots__ = ("_handshake", "request", "subprotocol")
+    __slots__ = ("_handshake", "_server_header", "request", "subprotocol")
 
-    def __init__(self, *, max_message_size: int, compression: str | None) -> None:
+    def __init__(self, *, max_message_size: int, compression: str | None, server_header: str | None = None) -> None:
         super().__init__(client=False, max_message_size=max_message_size, compression=compression)
         self._handshake: ServerHandshake | None = ServerHandshake()
+        self._server_header = server_header  # of every HTTP answer (None: none); shared, not copied
         #: The client's request once read: an upgrade, or a plain HTTP request.
         self.request: UpgradeRequest | HTTPRequest | None = None
         self.subprotocol: str | None = None
@@ -616,7 +617,7 @@ class ServerProtocol(Protocol):
         error.__cause__ = exc.__cause__ or exc
         if exc.status:
             body = f"Invalid WebSocket handshake: {exc}\n".encode("utf-8", "replace")
-            headers = [*exc.headers, (b"content-type", b"text/plain; charset=utf-8")]
+            headers = self._with_server([*exc.headers, (b"content-type", b"text/plain; charset=utf-8")])
             self.outgoing.append(http_response(exc.status, headers, body))
         self._refused(f"opening handshake failed: {error!r}", error)
 
@@ -640,7 +641,7 @@ class ServerProtocol(Protocol):
                 if self._deflate.accept(offer) is not None:  # the first acceptable offer
                     agreed = self._deflate.header
                     break
-        self.outgoing.append(ServerHandshake.accept(request, subprotocol, agreed, headers))
+        self.outgoing.append(ServerHandshake.accept(request, subprotocol, agreed, self._with_server(headers)))
         # Frames a client sent with its request (it should have waited for
         # our 101) are not lost: they start the frame reader's input.
         assert self._handshake is not None
@@ -664,11 +665,17 @@ class ServerProtocol(Protocol):
         check_reject_status(status_code)
         plain = isinstance(request, HTTPRequest)
         drop = _OWN_RESPONSE_HEADERS if plain else _OWN_RESPONSE_HEADERS | PROTOCOL_HEADERS
-        headers = caller_headers(extra_headers, drop=drop)
+        headers = self._with_server(caller_headers(extra_headers, drop=drop))
         head_only = isinstance(request, HTTPRequest) and request.method == "HEAD"
         self.outgoing.append(http_response(status_code, headers, body, head=head_only))
         self._handshake = None
         self._refused("Rejected WebSocket handshake", None)
+
+    def _with_server(self, headers: Headers) -> Headers:
+        """``headers`` and our Server header, unless there is none or the caller gave one."""
+        if self._server_header is None or any(name.lower() == b"server" for name, _ in headers):
+            return headers
+        return [(b"Server", self._server_header.encode("ascii")), *headers]
 
     def _undecided(self) -> UpgradeRequest | HTTPRequest:
         if self.state is not State.REQUESTED or self.request is None:

@@ -15,7 +15,16 @@ from ._connection import ConnectionState, WebSocketConnection
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
 from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
-from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
+from ._log import SERVER_LOGGER, Logger
+from ._options import (
+    CONN_TIMEOUT,
+    MAX_MESSAGE_SIZE,
+    MESSAGE_QUEUE_SIZE,
+    RECEIVE_BYTES,
+    SERVER_HEADER,
+    WRITE_LIMIT,
+    Options,
+)
 
 __all__ = [
     "OpenConnections",
@@ -28,7 +37,6 @@ __all__ = [
     "wrap_server_stream",
 ]
 
-logger = logging.getLogger("trio_ws")
 
 Handler = Callable[["WebSocketRequest"], Awaitable[object]]
 HTTPHandler = Callable[[HTTPRequest], Awaitable["HTTPResponse | None"]]
@@ -157,6 +165,8 @@ async def wrap_server_stream(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
+    server_header: str | None = SERVER_HEADER,
 ) -> WebSocketRequest:
     """Read a client's opening handshake from a stream you accepted yourself.
 
@@ -177,6 +187,8 @@ async def wrap_server_stream(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         write_limit=write_limit,
+        logger=logger,
+        server_header=server_header,
     )
     connection = WebSocketConnection(stream, ConnectionType.SERVER, _options=options)
     try:
@@ -204,7 +216,9 @@ async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, ha
         try:
             response = await handler(request) or _NOT_FOUND
         except Exception:
-            logger.exception("HTTP handler %r failed on %s %s", handler, request.method, request.target)
+            connection._log(
+                logging.ERROR, "HTTP handler %r failed on %s %s", handler, request.method, request.target, exc_info=True
+            )
             response = _SERVER_ERROR
     try:
         if not isinstance(response, HTTPResponse):
@@ -215,7 +229,14 @@ async def _answer_http(connection: WebSocketConnection, request: HTTPRequest, ha
         status, body = response.status_code, bytes(response.body)
         headers = caller_headers(response.headers, drop=frozenset())
     except (TypeError, ValueError):
-        logger.exception("HTTP handler %r: invalid response to %s %s", handler, request.method, request.target)
+        connection._log(
+            logging.ERROR,
+            "HTTP handler %r: invalid response to %s %s",
+            handler,
+            request.method,
+            request.target,
+            exc_info=True,
+        )
         status, headers, body = _SERVER_ERROR.status_code, _SERVER_ERROR.headers, _SERVER_ERROR.body
     try:
         await connection._respond(status, headers, body)
@@ -342,6 +363,8 @@ class WebSocketServer:
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         write_limit: int = WRITE_LIMIT,
+        logger: Logger | None = None,
+        server_header: str | None = SERVER_HEADER,
         origins: Iterable[str | None] | None = None,
         http_handler: HTTPHandler | None = None,
         max_connections: int | None = None,
@@ -363,7 +386,10 @@ class WebSocketServer:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             write_limit=write_limit,
+            logger=logger,
+            server_header=server_header,
         )
+        self._logger = self._options.logger or SERVER_LOGGER
         self._origins = _origin_set(origins)
         self._http_handler = http_handler
         self._max_connections = _check_max_connections(max_connections)
@@ -420,7 +446,9 @@ class WebSocketServer:
                         async with trio.open_nursery() as acceptors:
                             for listener in self._listeners:
                                 acceptors.start_soon(self._accept_loop, listener, handlers)
-                            logger.debug("Listening on %s", ", ".join(str(listener) for listener in self.listeners))
+                            self._logger.debug(
+                                "Listening on %s", ", ".join(str(listener) for listener in self.listeners)
+                            )
                             task_status.started(self)
                     # aclose() stopped the accept loops; it ends the
                     # connections, and the handler nursery (ours) waits for
@@ -465,7 +493,7 @@ class WebSocketServer:
                         raise
                     # Out of file descriptors or memory: wait for connections
                     # to end rather than spin.
-                    logger.error("accept() on %r failed: %s; retrying in 100 ms", listener, exc)
+                    self._logger.error("accept() on %r failed: %s; retrying in 100 ms", listener, exc)
                     await trio.sleep(0.1)
                     continue
                 if self._max_connections is not None and self._serving >= self._max_connections:
@@ -478,7 +506,7 @@ class WebSocketServer:
 
     async def _refuse_overload(self, stream: trio.abc.Stream) -> None:
         """More connections than ``max_connections``: answer 503 at once, and close."""
-        logger.warning("max_connections (%d) reached: answering 503", self._max_connections)
+        self._logger.warning("max_connections (%d) reached: answering 503", self._max_connections)
         connection = WebSocketConnection(stream, ConnectionType.SERVER, _options=self._options)
         await connection._refuse_within(503, self._options.connect_timeout, [(b"retry-after", b"1")])
 
@@ -509,7 +537,7 @@ class WebSocketServer:
                 await _answer_http(connection, event, self._http_handler)
             elif event is not None and not _origin_allowed(event.origin, self._origins):
                 why = "the request's origin is not allowed"
-                logger.info("%s: refused a WebSocket from origin %r", connection, event.origin)
+                connection._log(logging.INFO, "refused a WebSocket from origin %r", event.origin)
                 await connection._respond(403, [(b"content-type", b"text/plain")], _FORBIDDEN_ORIGIN)
             elif event is not None:
                 why = "the connection's handler ended"
@@ -529,10 +557,10 @@ class WebSocketServer:
                         raise
                     if _is_own_connection_closed(exc, connection):
                         # The usual way for a handler to learn that its client left.
-                        logger.debug("%s: handler ended by %r", connection, exc)
+                        connection._log(logging.DEBUG, "handler ended by %r", exc)
                         await connection._conclude(1000, None, 403, self._options.disconnect_timeout)
                     else:
-                        logger.error("WebSocket handler %r failed on %s", self._handler, connection, exc_info=exc)
+                        connection._log(logging.ERROR, "WebSocket handler %r failed", self._handler, exc_info=exc)
                         await connection._conclude(1011, "internal error", 500, self._options.disconnect_timeout)
                 else:
                     await connection._conclude(1000, None, 403, self._options.disconnect_timeout)
@@ -562,6 +590,8 @@ async def serve_websocket(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
+    server_header: str | None = SERVER_HEADER,
     origins: Iterable[str | None] | None = None,
     http_handler: HTTPHandler | None = None,
     max_connections: int | None = None,
@@ -591,6 +621,8 @@ async def serve_websocket(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         write_limit=write_limit,
+        logger=logger,
+        server_header=server_header,
     )
     _origin_set(origins)
     _check_max_connections(max_connections)

@@ -23,6 +23,7 @@ from ._client import _handshake, _owned_connection
 from ._connection import WebSocketConnection
 from ._errors import HandshakeError
 from ._handshake import UpgradeRequest
+from ._log import Logger
 from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, WRITE_LIMIT, Options
 from ._server import WebSocketRequest
 
@@ -42,6 +43,7 @@ async def websocket_pair(
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
+    logger: Logger | None = None,
 ) -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnection]]:
     """A connected ``(client, server)`` pair over memory streams, for one ``async with``.
 
@@ -63,6 +65,7 @@ async def websocket_pair(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         write_limit=write_limit,
+        logger=logger,
     )
     client_stream, server_stream = trio.testing.memory_stream_pair()
     server = WebSocketConnection(server_stream, ConnectionType.SERVER, _options=options)
