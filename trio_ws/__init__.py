@@ -22,7 +22,14 @@ from ._errors import (
     HandshakeError,
 )
 from ._handshake import HTTPRequest, HTTPResponse
-from ._server import OpenConnections, WebSocketRequest, WebSocketServer, serve_websocket, wrap_server_stream
+from ._server import (
+    OpenConnections,
+    WebSocketRequest,
+    WebSocketServer,
+    open_unix_listener,
+    serve_websocket,
+    wrap_server_stream,
+)
 from ._version import __version__
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "connect_websocket",
     "connect_websocket_url",
     "open_websocket",
+    "open_unix_listener",
     "open_websocket_url",
     "serve_websocket",
     "wrap_client_stream",

@@ -2,27 +2,109 @@
 
 from __future__ import annotations
 
+import base64
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, NoReturn, TypedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
 
 import trio
 from wsproto import ConnectionType
 
 from ._connection import WebSocketConnection
-from ._errors import ConnectionTimeout, DisconnectionTimeout, HandshakeError
+from ._errors import ConnectionRejected, ConnectionTimeout, DisconnectionTimeout, HandshakeError
+from ._handshake import caller_headers
 from ._log import Logger
 from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
-from ._url import WebSocketURL, parse_url
+from ._url import WebSocketURL, parse_url, resolve_redirect, url_credentials
+from ._version import __version__
 
 __all__ = [
+    "DEFAULT_USER_AGENT",
     "connect_websocket",
     "connect_websocket_url",
     "open_websocket",
     "open_websocket_url",
     "wrap_client_stream",
 ]
+
+#: What a client sends as ``User-Agent`` unless told otherwise (``user_agent=``).
+DEFAULT_USER_AGENT = f"trio_ws/{__version__} Python/{sys.version_info.major}.{sys.version_info.minor}"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+# Request headers a redirect to another origin must not carry (RFC 9110 15.4).
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie"})
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a client sends, and how it reaches the server, beyond the connection's Options."""
+
+    subprotocols: tuple[str, ...] = ()
+    extra_headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)  # may hold credentials
+    origin: str | None = None
+    user_agent: str | None = DEFAULT_USER_AGENT
+    proxy: str | bool | None = field(default=None, repr=False)  # may hold credentials
+    unix_socket: str | None = None
+    follow_redirects: bool = False
+    max_redirects: int = _MAX_REDIRECTS
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers to send besides the handshake's own."""
+        headers = list(self.extra_headers)
+        names = {_header_name(name) for name, _ in headers}
+        if self.origin is not None:  # replaces any Origin among the extra headers
+            headers = [(name, value) for name, value in headers if _header_name(name) != b"origin"]
+            headers.append((b"Origin", self.origin.encode("latin-1")))
+        if self.user_agent is not None and b"user-agent" not in names:
+            headers.append((b"User-Agent", self.user_agent.encode("latin-1")))
+        return headers
+
+    def elsewhere(self) -> _Request:
+        """For a redirect to another origin: no credentials go there."""
+        kept = tuple(
+            (name, value) for name, value in self.extra_headers if _header_name(name) not in _CREDENTIAL_HEADERS
+        )
+        return replace(self, extra_headers=kept)
+
+
+def _header_name(name: object) -> bytes | None:
+    if isinstance(name, str):
+        return name.lower().encode("latin-1", "replace")
+    if isinstance(name, (bytes, bytearray)):
+        return bytes(name).lower()
+    return None  # (the handshake refuses it, with a clear error)
+
+
+def _request(
+    subprotocols: Iterable[str] | None,
+    extra_headers: Iterable[tuple[Any, Any]] | None,
+    **settings: Any,
+) -> _Request:
+    redirects = settings.get("max_redirects", _MAX_REDIRECTS)
+    if not isinstance(redirects, int) or isinstance(redirects, bool) or redirects < 0:
+        raise ValueError(f"max_redirects must be an int >= 0, not {redirects!r}")
+    if settings.get("user_agent") is not None and not isinstance(settings["user_agent"], str):
+        raise TypeError(f"user_agent must be a str or None, not {type(settings['user_agent']).__name__}")
+    # Checked (and made bytes) here, so that a bad header fails before anything is sent.
+    headers = tuple(caller_headers(extra_headers, drop=frozenset()))
+    return _Request(subprotocols=tuple(subprotocols or ()), extra_headers=headers, **settings)
+
+
+def _with_url_credentials(
+    url: str, extra_headers: list[tuple[bytes, bytes]] | None
+) -> list[tuple[bytes, bytes]] | None:
+    """``ws://user:password@host/``: an ``Authorization: Basic`` header (unless one was given)."""
+    credentials = url_credentials(url)
+    if credentials is None:
+        return extra_headers
+    headers = list(extra_headers or ())
+    if any(_header_name(name) == b"authorization" for name, _ in headers):
+        return headers
+    token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode("ascii")
+    return [*headers, (b"Authorization", f"Basic {token}".encode("ascii"))]
 
 
 def _ssl_context(use_ssl: bool | ssl.SSLContext) -> ssl.SSLContext | None:
@@ -44,39 +126,26 @@ def _split_url(url: str, ssl_context: ssl.SSLContext | None) -> tuple[WebSocketU
     return parsed, ssl_context
 
 
-class _Extras(TypedDict, total=False):
-    compression: str | None
-    ping_interval: float | None
-    ping_timeout: float | None
-    origin: str | None
-    write_limit: int
-    logger: Logger
+# trio_ws's own keywords and their defaults (see _extras).
+_NEW_DEFAULTS: dict[str, Any] = {
+    "compression": None,
+    "ping_interval": None,
+    "ping_timeout": None,
+    "origin": None,
+    "write_limit": WRITE_LIMIT,
+    "logger": None,
+    "proxy": None,
+    "unix_socket": None,
+    "follow_redirects": False,
+    "max_redirects": _MAX_REDIRECTS,
+    "user_agent": DEFAULT_USER_AGENT,
+}
 
 
-def _extras(
-    compression: str | None,
-    ping_interval: float | None,
-    ping_timeout: float | None,
-    origin: str | None,
-    write_limit: int = WRITE_LIMIT,
-    logger: Logger | None = None,
-) -> _Extras:
-    """trio_ws's own options, only those given: a ``*_url`` call then passes on exactly
-    what trio-websocket's would, so that tests that mock the inner call still pass."""
-    extras: _Extras = {}
-    if compression is not None:
-        extras["compression"] = compression
-    if ping_interval is not None:
-        extras["ping_interval"] = ping_interval
-    if ping_timeout is not None:
-        extras["ping_timeout"] = ping_timeout
-    if origin is not None:
-        extras["origin"] = origin
-    if write_limit != WRITE_LIMIT:
-        extras["write_limit"] = write_limit
-    if logger is not None:
-        extras["logger"] = logger
-    return extras
+def _extras(**given: Any) -> dict[str, Any]:
+    """trio_ws's own keywords, only those not at their default: a ``*_url`` call then passes
+    on exactly what trio-websocket's would, so that tests that mock the inner call still pass."""
+    return {name: value for name, value in given.items() if value != _NEW_DEFAULTS[name]}
 
 
 async def _handshake(
@@ -85,24 +154,19 @@ async def _handshake(
     host: str,
     resource: str,
     options: Options,
+    request: _Request,
     *,
-    subprotocols: Iterable[str] | None,
-    extra_headers: list[tuple[bytes, bytes]] | None,
-    origin: str | None,
     shield_reader: bool = False,
 ) -> WebSocketConnection:
     """Run the client's opening handshake on ``stream``; close it on any failure."""
-    if origin is not None:  # replaces any Origin among the extra headers
-        kept = [(name, value) for name, value in extra_headers or () if name.lower() not in (b"origin", "origin")]
-        extra_headers = [*kept, (b"Origin", origin.encode("latin-1"))]
     try:
         connection = WebSocketConnection(
             stream,
             ConnectionType.CLIENT,
             host=host,
             path=resource,
-            client_subprotocols=subprotocols,
-            client_extra_headers=extra_headers,
+            client_subprotocols=request.subprotocols,
+            client_extra_headers=request.headers(),
             _options=options,
         )
     except BaseException:
@@ -118,32 +182,96 @@ async def _handshake(
     return connection
 
 
-async def _connect(
-    nursery: trio.Nursery,
-    host: str,
-    port: int,
-    resource: str,
-    use_ssl: bool | ssl.SSLContext,
-    options: Options,
-    **handshake_options: Any,
-) -> WebSocketConnection:
-    ssl_context = _ssl_context(use_ssl)
+async def _open_stream(target: WebSocketURL, ssl_context: ssl.SSLContext | None, request: _Request) -> trio.abc.Stream:
+    """TCP (or a Unix socket), through a proxy if asked, then TLS for ``wss://``."""
+    stream: trio.abc.Stream
+    if request.unix_socket is not None:
+        stream = await trio.open_unix_socket(request.unix_socket)
+    else:
+        proxy = _proxy_for(target, request.proxy)
+        if proxy is not None:
+            from ._proxy import connect_through
+
+            stream = await connect_through(proxy, target.host, target.port)
+        else:
+            stream = await _open_tcp_stream(target.host, target.port)
+    if ssl_context is not None:
+        try:
+            # SNI and the certificate check are for the server's name, through a proxy too.
+            stream = trio.SSLStream(stream, ssl_context, server_hostname=target.host, https_compatible=True)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    return stream
+
+
+def _proxy_for(target: WebSocketURL, proxy: str | bool | None) -> Any:
+    """The proxy to go through for ``target``: ``proxy=`` given, or from the environment."""
+    if proxy is None or proxy is False:
+        return None
+    from ._proxy import parse_proxy, proxy_from_environment
+
+    if proxy is True:
+        return proxy_from_environment("wss" if target.secure else "ws", target.host, target.port)
+    return parse_proxy(proxy)
+
+
+async def _open_tcp_stream(host: str, port: int) -> trio.abc.Stream:
     try:
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        return await trio.open_tcp_stream(host, port)
     except BaseExceptionGroup as group:
         # trio tries addresses concurrently ("happy eyeballs"): cancelled
         # meanwhile, it raises a group of Cancelled.  A caller expects one.
         if group.split(trio.Cancelled)[1] is None:  # nothing but cancellations
             _reraise(_leaves(group)[0])
         raise
-    if ssl_context is not None:
+
+
+async def _connect(
+    nursery: trio.Nursery,
+    target: WebSocketURL,
+    ssl_context: ssl.SSLContext | None,
+    options: Options,
+    request: _Request,
+    *,
+    shield_reader: bool = False,
+) -> WebSocketConnection:
+    """Open a connection to ``target``, following redirects if asked."""
+    redirects = 0
+    while True:
+        stream = await _open_stream(target, ssl_context, request)
         try:
-            stream = trio.SSLStream(stream, ssl_context, server_hostname=host, https_compatible=True)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-    host_header = WebSocketURL(ssl_context is not None, host, port, resource).host_header
-    return await _handshake(nursery, stream, host_header, resource, options, **handshake_options)
+            return await _handshake(
+                nursery, stream, target.host_header, target.resource, options, request, shield_reader=shield_reader
+            )
+        except ConnectionRejected as exc:
+            location = _location(exc) if request.follow_redirects else None
+            if location is None:
+                raise
+            redirects += 1
+            if redirects > request.max_redirects:
+                raise HandshakeError(f"more than {request.max_redirects} redirects") from exc
+            try:
+                new = resolve_redirect(target, location)
+            except ValueError as bad:
+                raise HandshakeError(f"a redirect to {location!r}, which is no WebSocket URL") from bad
+            if target.secure and not new.secure:
+                raise HandshakeError(f"refusing a redirect from wss:// to ws:// ({location!r})") from exc
+            if (new.secure, new.host, new.port) != (target.secure, target.host, target.port):
+                request = request.elsewhere()
+            if new.secure and ssl_context is None:
+                ssl_context = ssl.create_default_context()
+            target = new
+
+
+def _location(rejection: ConnectionRejected) -> str | None:
+    """A redirect's ``Location``, if the rejection is one."""
+    if rejection.status_code not in _REDIRECTS:
+        return None
+    for name, value in rejection.headers:
+        if name.lower() == b"location":
+            return value.decode("latin-1")
+    return None
 
 
 async def connect_websocket(
@@ -165,6 +293,11 @@ async def connect_websocket(
     write_limit: int = WRITE_LIMIT,
     logger: Logger | None = None,
     origin: str | None = None,
+    proxy: str | bool | None = None,
+    unix_socket: str | None = None,
+    follow_redirects: bool = False,
+    max_redirects: int = _MAX_REDIRECTS,
+    user_agent: str | None = DEFAULT_USER_AGENT,
 ) -> WebSocketConnection:
     """Connect to ``host``:``port``, request ``resource``, return the open connection.
 
@@ -196,11 +329,28 @@ async def connect_websocket(
         full message queue unread, so a slow reader is never mistaken for a
         dead peer.
     :param ping_timeout: (new in trio_ws) see ``ping_interval``.
+    :param write_limit: (new in trio_ws) the most bytes :func:`broadcast` queues for this
+        connection while its peer does not take them.
+    :param logger: (new in trio_ws) where this connection's records go (default
+        ``trio_ws.client``).
+    :param proxy: (new in trio_ws) a proxy URL (``http://``, ``https://``, ``socks5://``,
+        ``socks5h://``, ``socks4://``, ``socks4a://``, with ``user:password@`` if it wants
+        them), ``True`` to take one from the environment (``wss_proxy``/``ws_proxy``, then
+        ``https_proxy``/``http_proxy``/``all_proxy``, honouring ``no_proxy``), or ``None``,
+        the default: no proxy.  See docs/proxies.md.
+    :param unix_socket: (new in trio_ws) connect to this Unix socket path instead of TCP;
+        the host and resource still make the request.
+    :param follow_redirects: (new in trio_ws) follow 301, 302, 303, 307 and 308 answers (at
+        most ``max_redirects``), never from ``wss://`` to ``ws://``, and without
+        ``Authorization`` or ``Cookie`` to another origin.  ``False``, the default: a
+        redirect raises :exc:`ConnectionRejected`, as with trio-websocket.
+    :param user_agent: (new in trio_ws) the ``User-Agent`` header; ``None`` sends none.
     :raises OSError: the TCP connection failed.
     :raises HandshakeError: the TLS or WebSocket handshake failed
-        (:exc:`ConnectionRejected` if the server answered with an HTTP error).
+        (:exc:`ConnectionRejected` if the server answered with an HTTP error,
+        :exc:`ProxyError` if a proxy refused).
     """
-    _ssl_context(use_ssl)  # a bad use_ssl is an error before anything happens
+    ssl_context = _ssl_context(use_ssl)  # a bad use_ssl is an error before anything happens
     options = Options(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
@@ -212,17 +362,18 @@ async def connect_websocket(
         write_limit=write_limit,
         logger=logger,
     )
-    return await _connect(
-        nursery,
-        host,
-        port,
-        resource,
-        use_ssl,
-        options,
-        subprotocols=subprotocols,
-        extra_headers=extra_headers,
+    request = _request(
+        subprotocols,
+        extra_headers,
         origin=origin,
+        user_agent=user_agent,
+        proxy=proxy,
+        unix_socket=unix_socket,
+        follow_redirects=follow_redirects,
+        max_redirects=max_redirects,
     )
+    target = WebSocketURL(ssl_context is not None, host, port, resource)
+    return await _connect(nursery, target, ssl_context, options, request)
 
 
 async def connect_websocket_url(
@@ -242,10 +393,16 @@ async def connect_websocket_url(
     write_limit: int = WRITE_LIMIT,
     logger: Logger | None = None,
     origin: str | None = None,
+    proxy: str | bool | None = None,
+    unix_socket: str | None = None,
+    follow_redirects: bool = False,
+    max_redirects: int = _MAX_REDIRECTS,
+    user_agent: str | None = DEFAULT_USER_AGENT,
 ) -> WebSocketConnection:
     """Like :func:`connect_websocket`, for a ``ws://`` or ``wss://`` URL.
 
-    ``ssl_context`` is used for ``wss:`` (a default context when ``None``).
+    ``ssl_context`` is used for ``wss:`` (a default context when ``None``).  A
+    ``user:password@`` in the URL (new in trio_ws) is sent as ``Authorization: Basic``.
 
     :raises ValueError: the URL is not a valid WebSocket URL, or an
         ``ssl_context`` was given for a ``ws:`` URL.
@@ -258,12 +415,24 @@ async def connect_websocket_url(
         parsed.resource,
         use_ssl=use_ssl,
         subprotocols=subprotocols,
-        extra_headers=extra_headers,
+        extra_headers=_with_url_credentials(url, extra_headers),
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         disconnect_timeout=disconnect_timeout,
-        **_extras(compression, ping_interval, ping_timeout, origin, write_limit, logger),
+        **_extras(
+            compression=compression,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            origin=origin,
+            write_limit=write_limit,
+            logger=logger,
+            proxy=proxy,
+            unix_socket=unix_socket,
+            follow_redirects=follow_redirects,
+            max_redirects=max_redirects,
+            user_agent=user_agent,
+        ),
     )
 
 
@@ -285,6 +454,7 @@ async def wrap_client_stream(
     write_limit: int = WRITE_LIMIT,
     logger: Logger | None = None,
     origin: str | None = None,
+    user_agent: str | None = DEFAULT_USER_AGENT,
 ) -> WebSocketConnection:
     """Run a client handshake over a stream you opened yourself.
 
@@ -303,9 +473,8 @@ async def wrap_client_stream(
         write_limit=write_limit,
         logger=logger,
     )
-    return await _handshake(
-        nursery, stream, host, resource, options, subprotocols=subprotocols, extra_headers=extra_headers, origin=origin
-    )
+    request = _request(subprotocols, extra_headers, origin=origin, user_agent=user_agent)
+    return await _handshake(nursery, stream, host, resource, options, request)
 
 
 class _CloseResult:
@@ -407,25 +576,30 @@ async def open_websocket(
     write_limit: int = WRITE_LIMIT,
     logger: Logger | None = None,
     origin: str | None = None,
+    proxy: str | bool | None = None,
+    unix_socket: str | None = None,
+    follow_redirects: bool = False,
+    max_redirects: int = _MAX_REDIRECTS,
+    user_agent: str | None = DEFAULT_USER_AGENT,
 ) -> AsyncIterator[WebSocketConnection]:
     """Open a client connection for the body of an ``async with`` block.
 
-    Connecting (TCP, TLS, handshake) is bounded by ``connect_timeout``.  On
-    leaving the block, by any path, the connection is closed with 1000 and a
-    closing handshake bounded by ``disconnect_timeout``, shielded from
-    cancellation.  An exception from the body reaches the caller as itself
-    (never inside an ExceptionGroup), as does a cancellation.
+    Connecting (TCP or a Unix socket, a proxy, TLS, the handshake and its
+    redirects) is bounded by ``connect_timeout``.  On leaving the block, by any
+    path, the connection is closed with 1000 and a closing handshake bounded by
+    ``disconnect_timeout``, shielded from cancellation.  An exception from the
+    body reaches the caller as itself (never inside an ExceptionGroup), as does
+    a cancellation.
 
     The other parameters are those of :func:`connect_websocket`.
 
     :raises HandshakeError: the connection could not be opened: a network
         error (``__cause__`` holds the :class:`OSError` or :class:`ssl.SSLError`),
-        :exc:`ConnectionTimeout`, or :exc:`ConnectionRejected`.
+        :exc:`ConnectionTimeout`, :exc:`ConnectionRejected` or :exc:`ProxyError`.
     :raises DisconnectionTimeout: the body finished but the closing handshake
         did not within ``disconnect_timeout``.
     """
-
-    _ssl_context(use_ssl)  # bad arguments are errors before anything happens
+    ssl_context = _ssl_context(use_ssl)  # bad arguments are errors before anything happens
     options = Options(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
@@ -438,22 +612,22 @@ async def open_websocket(
         write_limit=write_limit,
         logger=logger,
     )
+    request = _request(
+        subprotocols,
+        extra_headers,
+        origin=origin,
+        user_agent=user_agent,
+        proxy=proxy,
+        unix_socket=unix_socket,
+        follow_redirects=follow_redirects,
+        max_redirects=max_redirects,
+    )
+    target = WebSocketURL(ssl_context is not None, host, port, resource)
 
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
         try:
             with trio.fail_after(connect_timeout):
-                return await _connect(
-                    nursery,
-                    host,
-                    port,
-                    resource,
-                    use_ssl,
-                    options,
-                    subprotocols=subprotocols,
-                    extra_headers=extra_headers,
-                    origin=origin,
-                    shield_reader=True,
-                )
+                return await _connect(nursery, target, ssl_context, options, request, shield_reader=True)
         except trio.TooSlowError:
             raise ConnectionTimeout(f"the opening handshake did not finish within {connect_timeout:g} s") from None
         except OSError as exc:
@@ -482,11 +656,17 @@ def open_websocket_url(
     logger: Logger | None = None,
     origin: str | None = None,
     receive_buffer_size: int | None = RECEIVE_BYTES,
+    proxy: str | bool | None = None,
+    unix_socket: str | None = None,
+    follow_redirects: bool = False,
+    max_redirects: int = _MAX_REDIRECTS,
+    user_agent: str | None = DEFAULT_USER_AGENT,
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
     """:func:`open_websocket` for a ``ws://`` or ``wss://`` URL.
 
     ``wss:`` uses ``ssl_context``, or a default client context when ``None``;
-    the port defaults to 80 (``ws:``) or 443 (``wss:``).
+    the port defaults to 80 (``ws:``) or 443 (``wss:``).  A ``user:password@``
+    in the URL (new in trio_ws) is sent as ``Authorization: Basic``.
 
     :raises ValueError: the URL is not a valid WebSocket URL, or an
         ``ssl_context`` was given for a ``ws:`` URL.
@@ -498,11 +678,23 @@ def open_websocket_url(
         parsed.resource,
         use_ssl=use_ssl,
         subprotocols=subprotocols,
-        extra_headers=extra_headers,
+        extra_headers=_with_url_credentials(url, extra_headers),
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
         receive_buffer_size=receive_buffer_size,
         connect_timeout=connect_timeout,
         disconnect_timeout=disconnect_timeout,
-        **_extras(compression, ping_interval, ping_timeout, origin, write_limit, logger),
+        **_extras(
+            compression=compression,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            origin=origin,
+            write_limit=write_limit,
+            logger=logger,
+            proxy=proxy,
+            unix_socket=unix_socket,
+            follow_redirects=follow_redirects,
+            max_redirects=max_redirects,
+            user_agent=user_agent,
+        ),
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import ssl
+import stat
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbcSet
 
@@ -28,6 +30,7 @@ from ._options import (
 
 __all__ = [
     "OpenConnections",
+    "open_unix_listener",
     "HTTPHandler",
     "HTTPRequest",
     "HTTPResponse",
@@ -572,6 +575,33 @@ class WebSocketServer:
             if not self._serving:
                 self._idle.set()
                 self._idle = trio.Event()
+
+
+async def open_unix_listener(path: str, *, mode: int | None = None, backlog: int | None = None) -> trio.SocketListener:
+    """(New in trio_ws) A listener on a Unix socket, for :class:`WebSocketServer`.
+
+    ``WebSocketServer(handler, [await open_unix_listener(path)]).run()`` serves
+    WebSockets there, as on TCP (behind a reverse proxy on the same machine,
+    say).  A socket file left at ``path`` by an earlier run is replaced (any
+    other file there is an error); ``mode`` sets its permissions.
+
+    :raises OSError: the socket could not be made.
+    """
+    where = trio.Path(path)
+    if await where.exists():
+        if not stat.S_ISSOCK((await where.stat()).st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket")
+        await where.unlink()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        if mode is not None:
+            await where.chmod(mode)
+        sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 async def serve_websocket(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import NamedTuple
 
-__all__ = ["WebSocketURL", "default_port", "parse_url"]
+__all__ = ["WebSocketURL", "default_port", "parse_url", "resolve_redirect", "url_credentials"]
 
 # Characters that may stay as they are in a request target.  Everything else
 # (spaces, non-ASCII text) is percent-encoded, as a browser does, because the
@@ -69,3 +69,29 @@ def parse_url(url: str) -> WebSocketURL:
         resource += "?" + parts.query
     resource = urllib.parse.quote(resource, safe=_TARGET_SAFE)
     return WebSocketURL(secure, host, port, resource)
+
+
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """``(user, password)`` from ``ws://user:password@host/``, percent-decoded; ``None`` without.
+
+    Kept apart from :class:`WebSocketURL`, so that no ``repr()`` of a parsed URL
+    and no log line can show a password.
+    """
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.username is None:
+        return None
+    return urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+
+
+def resolve_redirect(url: WebSocketURL, location: str) -> WebSocketURL:
+    """Where a redirect's ``Location`` (absolute or relative; ``http(s)://`` meaning
+    ``ws(s)://``) sends a client that asked for ``url``.
+
+    :raises ValueError: it is no WebSocket URL.
+    """
+    # urljoin only joins the schemes it knows: join as http(s), then map back.
+    base = ("https" if url.secure else "http") + url.geturl()[len("wss" if url.secure else "ws") :]
+    joined = urllib.parse.urljoin(base, location.strip())
+    scheme, sep, rest = joined.partition("://")
+    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme)
+    return parse_url(f"{scheme}{sep}{rest}")

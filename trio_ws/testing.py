@@ -19,7 +19,7 @@ import trio
 import trio.testing
 from wsproto import ConnectionType
 
-from ._client import _handshake, _owned_connection
+from ._client import _handshake, _owned_connection, _request
 from ._connection import WebSocketConnection
 from ._errors import HandshakeError
 from ._handshake import UpgradeRequest
@@ -86,15 +86,7 @@ async def websocket_pair(
     async def connect(nursery: trio.Nursery) -> WebSocketConnection:
         nursery.start_soon(serve, nursery)
         return await _handshake(
-            nursery,
-            client_stream,
-            "testserver",
-            path,
-            options,
-            subprotocols=offered,
-            extra_headers=None,
-            origin=None,
-            shield_reader=True,
+            nursery, client_stream, "testserver", path, options, _request(offered, None), shield_reader=True
         )
 
     async with _owned_connection(connect, disconnect_timeout) as (client, _):
