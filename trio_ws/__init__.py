@@ -22,6 +22,7 @@ from ._errors import (
     HandshakeError,
 )
 from ._handshake import HTTPRequest, HTTPResponse
+from ._proxy import Proxy, ProxyError, parse_proxy, proxy_from_environment
 from ._server import (
     OpenConnections,
     WebSocketRequest,
@@ -47,6 +48,8 @@ __all__ = [
     "HandshakeError",
     "MessageFragments",
     "OpenConnections",
+    "Proxy",
+    "ProxyError",
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",
@@ -57,6 +60,8 @@ __all__ = [
     "open_websocket",
     "open_unix_listener",
     "open_websocket_url",
+    "parse_proxy",
+    "proxy_from_environment",
     "serve_websocket",
     "wrap_client_stream",
     "wrap_server_stream",

@@ -18,6 +18,7 @@ from ._errors import ConnectionRejected, ConnectionTimeout, DisconnectionTimeout
 from ._handshake import caller_headers
 from ._log import Logger
 from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
+from ._proxy import Proxy, ProxySetting, check_proxy_support, connect_through, resolve_proxy
 from ._url import WebSocketURL, parse_url, resolve_redirect, url_credentials
 from ._version import __version__
 
@@ -46,7 +47,7 @@ class _Request:
     extra_headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)  # may hold credentials
     origin: str | None = None
     user_agent: str | None = DEFAULT_USER_AGENT
-    proxy: str | bool | None = field(default=None, repr=False)  # may hold credentials
+    proxy: ProxySetting = field(default=None, repr=False)  # may hold credentials
     unix_socket: str | None = None
     follow_redirects: bool = False
     max_redirects: int = _MAX_REDIRECTS
@@ -190,8 +191,6 @@ async def _open_stream(target: WebSocketURL, ssl_context: ssl.SSLContext | None,
     else:
         proxy = _proxy_for(target, request.proxy)
         if proxy is not None:
-            from ._proxy import connect_through
-
             stream = await connect_through(proxy, target.host, target.port)
         else:
             stream = await _open_tcp_stream(target.host, target.port)
@@ -205,15 +204,12 @@ async def _open_stream(target: WebSocketURL, ssl_context: ssl.SSLContext | None,
     return stream
 
 
-def _proxy_for(target: WebSocketURL, proxy: str | bool | None) -> Any:
+def _proxy_for(target: WebSocketURL, proxy: ProxySetting) -> Proxy | None:
     """The proxy to go through for ``target``: ``proxy=`` given, or from the environment."""
-    if proxy is None or proxy is False:
-        return None
-    from ._proxy import parse_proxy, proxy_from_environment
-
-    if proxy is True:
-        return proxy_from_environment("wss" if target.secure else "ws", target.host, target.port)
-    return parse_proxy(proxy)
+    resolved = resolve_proxy(proxy, "wss" if target.secure else "ws", target.host, target.port)
+    if resolved is not None:
+        check_proxy_support(resolved)  # a missing extra is an error before anything is opened
+    return resolved
 
 
 async def _open_tcp_stream(host: str, port: int) -> trio.abc.Stream:
@@ -293,7 +289,7 @@ async def connect_websocket(
     write_limit: int = WRITE_LIMIT,
     logger: Logger | None = None,
     origin: str | None = None,
-    proxy: str | bool | None = None,
+    proxy: ProxySetting = None,
     unix_socket: str | None = None,
     follow_redirects: bool = False,
     max_redirects: int = _MAX_REDIRECTS,
@@ -393,7 +389,7 @@ async def connect_websocket_url(
     write_limit: int = WRITE_LIMIT,
     logger: Logger | None = None,
     origin: str | None = None,
-    proxy: str | bool | None = None,
+    proxy: ProxySetting = None,
     unix_socket: str | None = None,
     follow_redirects: bool = False,
     max_redirects: int = _MAX_REDIRECTS,
@@ -576,7 +572,7 @@ async def open_websocket(
     write_limit: int = WRITE_LIMIT,
     logger: Logger | None = None,
     origin: str | None = None,
-    proxy: str | bool | None = None,
+    proxy: ProxySetting = None,
     unix_socket: str | None = None,
     follow_redirects: bool = False,
     max_redirects: int = _MAX_REDIRECTS,
@@ -656,7 +652,7 @@ def open_websocket_url(
     logger: Logger | None = None,
     origin: str | None = None,
     receive_buffer_size: int | None = RECEIVE_BYTES,
-    proxy: str | bool | None = None,
+    proxy: ProxySetting = None,
     unix_socket: str | None = None,
     follow_redirects: bool = False,
     max_redirects: int = _MAX_REDIRECTS,
