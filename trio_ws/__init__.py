@@ -3,6 +3,7 @@
 Change ``import trio_websocket`` to ``import trio_ws``; everything else stays.
 """
 
+from ._auth import basic_auth
 from ._broadcast import BroadcastResult, broadcast
 from ._client import (
     connect_websocket,
@@ -23,6 +24,7 @@ from ._errors import (
 )
 from ._handshake import HTTPRequest, HTTPResponse
 from ._proxy import Proxy, ProxyError, parse_proxy, proxy_from_environment
+from ._router import Router
 from ._server import (
     OpenConnections,
     WebSocketRequest,
@@ -50,10 +52,12 @@ __all__ = [
     "OpenConnections",
     "Proxy",
     "ProxyError",
+    "Router",
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",
     "__version__",
+    "basic_auth",
     "broadcast",
     "connect_websocket",
     "connect_websocket_url",

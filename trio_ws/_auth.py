@@ -21,12 +21,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, overload
 
 from ._handshake import Headers, HTTPRequest, HTTPResponse
-from ._router import SUPPLIED_KEYWORDS
+from ._router import SUPPLIED_KEYWORDS, handler_signature, log_request
 from ._server import WebSocketRequest
 
 __all__ = ["CredentialCheck", "basic_auth"]
-
-logger = logging.getLogger("trio_ws")
 
 _T = TypeVar("_T")
 
@@ -106,11 +104,10 @@ async def _verify(verify: CredentialCheck, user: str, password: str) -> bool:
 
 
 def _check_takes_user(handler: Callable[..., object]) -> None:
-    try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):  # pragma: no cover - builtins and the like: nothing to check
+    signature = handler_signature(handler)
+    if signature is None:  # pragma: no cover - builtins and the like: nothing to check
         return
-    for parameter in parameters:
+    for parameter in signature.parameters.values():
         if parameter.kind is parameter.VAR_KEYWORD:
             return
         if parameter.name == USER_KEYWORD and parameter.kind in _BY_KEYWORD:
@@ -158,8 +155,9 @@ def basic_auth(
     A request without valid credentials is answered ``401 Unauthorized``
     with ``WWW-Authenticate: Basic realm="<realm>", charset="UTF-8"``, and
     the handler is not called.  (A WebSocket request is rejected, a plain
-    one answered.)  Refusals are logged at INFO on the ``trio_ws`` logger
-    with the user name tried, never the password.
+    one answered.)  A wrong password is logged at INFO (on the server's
+    logger, ``trio_ws.server`` by default) with the user name tried, never
+    the password; missing credentials at DEBUG.
 
     :param realm: names the protected space; browsers show it in their
         password dialog.  Printable ASCII.
@@ -169,8 +167,10 @@ def basic_auth(
         nor whether the user exists).
     :param check: instead of ``credentials``: a function (or an async
         function) ``check(user, password) -> bool``, for passwords kept
-        elsewhere (hashed in a database, say).  Comparing in constant time
-        is then its job.
+        elsewhere (hashed in a database, say).  It gets the user name
+        NFC-normalized and the password as sent; comparing in constant time
+        is then its job.  An exception from it is the handler's: logged,
+        and answered with 500.
     :raises TypeError: neither or both of ``credentials`` and ``check``, or
         a handler that takes no ``user`` keyword argument.
     :raises ValueError: a realm that is not printable ASCII, or a user name
@@ -193,9 +193,11 @@ def basic_auth(
             if given is not None:
                 if await _verify(verify, *given):
                     return await handler(request, **parameters, **{USER_KEYWORD: given[0]})
-                logger.info("basic_auth: wrong credentials for user %r on %s", given[0], request.path)
+                log_request(
+                    request, logging.INFO, "basic_auth: wrong credentials for user %r on %s", given[0], request.path
+                )
             else:
-                logger.debug("basic_auth: no valid Basic credentials on %s", request.path)
+                log_request(request, logging.DEBUG, "basic_auth: no valid Basic credentials on %s", request.path)
             headers = [(b"www-authenticate", challenge), (b"content-type", b"text/plain; charset=utf-8")]
             if isinstance(request, HTTPRequest):
                 return HTTPResponse(401, headers, _UNAUTHORIZED)

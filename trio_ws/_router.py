@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
 
-from ._connection import WebSocketConnection
 from ._handshake import HTTPRequest, HTTPResponse
+from ._log import SERVER_LOGGER
 from ._server import WebSocketRequest
 
 __all__ = ["Converter", "Router", "SubprotocolSelector"]
-
-logger = logging.getLogger("trio_ws")
 
 #: Turns one decoded path segment into a parameter's value; raises ValueError when the segment does not fit.
 Converter = Callable[[str], object]
@@ -90,10 +88,7 @@ class _Segment:
 class _Pattern:
     text: str
     segments: tuple[_Segment, ...]
-
-    @property
-    def parameters(self) -> tuple[_Segment, ...]:
-        return tuple(segment for segment in self.segments if segment.static is None)
+    parameters: tuple[_Segment, ...]  # the segments that are parameters, in order
 
 
 def _parse_pattern(pattern: str, converters: Mapping[str, Converter]) -> _Pattern:
@@ -116,8 +111,9 @@ def _parse_pattern(pattern: str, converters: Mapping[str, Converter]) -> _Patter
                 raise ValueError(f"route pattern {pattern!r} has an empty segment ('//')")
             segments.append(_Segment(static=text))
             continue
-        name, _, converter_name = text[1:-1].partition(":")
-        converter_name = converter_name or "str"
+        name, colon, converter_name = text[1:-1].partition(":")
+        if not colon:
+            converter_name = "str"
         if not name.isidentifier() or keyword.iskeyword(name):
             raise ValueError(f"route pattern {pattern!r}: parameter name {name!r} is not a Python identifier")
         if name in names:
@@ -130,7 +126,23 @@ def _parse_pattern(pattern: str, converters: Mapping[str, Converter]) -> _Patter
         if rest and not last:
             raise ValueError(f"route pattern {pattern!r}: a {{{name}:path}} parameter must be the last segment")
         segments.append(_Segment(static=None, name=name, converter=converters[converter_name], rest=rest))
-    return _Pattern(pattern, tuple(segments))
+    return _Pattern(pattern, tuple(segments), tuple(segment for segment in segments if segment.static is None))
+
+
+def handler_signature(handler: Callable[..., object]) -> inspect.Signature | None:
+    """The signature to check a handler's parameters against, if it has one.
+
+    A wrapper made with :func:`functools.wraps` says it has the signature of
+    the function it wraps, but it may pass that function more (or fewer)
+    arguments than it takes itself.  So the wrapped function is looked at
+    only behind wrappers that say which keyword arguments they supply
+    (``SUPPLIED_KEYWORDS``); any other wrapper is taken at its word: its own
+    ``(request, **parameters)``, which takes anything.
+    """
+    try:
+        return inspect.signature(handler, follow_wrapped=hasattr(handler, SUPPLIED_KEYWORDS))
+    except (TypeError, ValueError):  # pragma: no cover - builtins and the like
+        return None
 
 
 def _check_handler(handler: Callable[..., object], pattern: _Pattern) -> None:
@@ -145,9 +157,8 @@ def _check_handler(handler: Callable[..., object], pattern: _Pattern) -> None:
             f"route pattern {pattern.text!r}: parameter {sorted(clash)[0]!r} has the name of a keyword "
             f"argument that the handler's wrapper passes itself"
         )
-    try:
-        signature = inspect.signature(handler)
-    except (TypeError, ValueError):  # pragma: no cover - builtins and the like: nothing to check
+    signature = handler_signature(handler)
+    if signature is None:  # pragma: no cover - builtins and the like: nothing to check
         return
     try:
         signature.bind(None, **dict.fromkeys([*names, *supplied]))
@@ -157,6 +168,15 @@ def _check_handler(handler: Callable[..., object], pattern: _Pattern) -> None:
             f"route {pattern.text!r}: {_name(handler)}() cannot be called with the request and "
             f"the keyword arguments {given}: {exc}"
         ) from None
+
+
+def log_request(request: WebSocketRequest | HTTPRequest, level: int, message: str, *args: object) -> None:
+    """A record about a request: the connection's (named, to the server's ``logger=``) for a
+    WebSocket request; for a plain one, which does not know its connection, ``trio_ws.server``'s."""
+    if isinstance(request, WebSocketRequest):
+        request._log(level, message, *args)
+    else:
+        SERVER_LOGGER.log(level, message, *args)
 
 
 def _name(handler: object) -> str:
@@ -295,20 +315,6 @@ def _allow(methods: Iterable[str]) -> bytes:
     return ", ".join(sorted(methods)).encode("ascii")
 
 
-class _AcceptWithSubprotocol:
-    """``request.accept`` for a routed request: the router's subprotocol unless the handler names one."""
-
-    __slots__ = ("_accept", "_subprotocol")
-
-    def __init__(self, accept: Callable[..., Awaitable[WebSocketConnection]], subprotocol: str) -> None:
-        self._accept = accept
-        self._subprotocol = subprotocol
-
-    async def __call__(self, **options: Any) -> WebSocketConnection:
-        options.setdefault("subprotocol", self._subprotocol)
-        return await self._accept(**options)
-
-
 class Router:
     """Sends each request to the handler of the route its path matches.
 
@@ -338,8 +344,8 @@ class Router:
     handler runs.  ``select_subprotocol`` is the default subprotocol selector
     of the router's WebSocket routes (see :meth:`websocket`).
 
-    :raises ValueError: ``converters`` names one that exists, or a name that
-        is not an identifier.
+    :raises ValueError: ``converters`` gives a built-in name (``str``,
+        ``int``, ``uuid``, ``path``), or a name that is not an identifier.
     """
 
     def __init__(
@@ -474,13 +480,13 @@ class Router:
         """Handle a WebSocket request: the ``handler`` of :func:`serve_websocket`."""
         match = self._match_websocket(request.path)
         if match is None:
-            logger.debug("Router: no WebSocket route for %r: 404", request.path)
+            log_request(request, logging.DEBUG, "no WebSocket route for %r: 404", request.path)
             await request.reject(404, extra_headers=[_TEXT_PLAIN], body=b"404 Not Found\n")
             return
         route, parameters = match
         subprotocol = await self._choose_subprotocol(route, request)
         if subprotocol is None and route.subprotocols:
-            logger.debug("Router: %r proposed none of the subprotocols of %r: 400", request.path, route.pattern.text)
+            log_request(request, logging.DEBUG, "%r proposed none of the subprotocols of its route: 400", request.path)
             body = (
                 f"400 Bad Request: this endpoint speaks the subprotocols {', '.join(route.subprotocols)}; "
                 f"the request proposed none of them\n"
@@ -488,9 +494,7 @@ class Router:
             await request.reject(400, extra_headers=[_TEXT_PLAIN], body=body.encode())
             return
         if subprotocol is not None:
-            # accept() without a subprotocol= takes the one chosen here: an
-            # instance attribute, found before the class's method.
-            request.__dict__["accept"] = _AcceptWithSubprotocol(request.accept, subprotocol)
+            request.default_subprotocol = subprotocol  # what accept() picks unless told otherwise
         await route.handler(request, **parameters)
 
     async def _choose_subprotocol(self, route: _Route, request: WebSocketRequest) -> str | None:

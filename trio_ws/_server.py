@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import socket
@@ -56,6 +57,13 @@ _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+_UNSET = _Unset.UNSET
+
+
 class WebSocketRequest:
     """A client's opening handshake, waiting for the server's answer.
 
@@ -64,7 +72,15 @@ class WebSocketRequest:
     """
 
     # __dict__: applications may add attributes
-    __slots__ = ("__dict__", "__weakref__", "_connection", "_event", "_reader_nursery", "_shield")
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_connection",
+        "_event",
+        "_reader_nursery",
+        "_shield",
+        "default_subprotocol",
+    )
 
     def __init__(
         self, connection: WebSocketConnection, event: UpgradeRequest, reader_nursery: trio.Nursery, shield: bool
@@ -75,6 +91,9 @@ class WebSocketRequest:
         # shielded (see WebSocketConnection._start_reader).
         self._reader_nursery = reader_nursery
         self._shield = shield
+        #: (New in trio_ws) The subprotocol :meth:`accept` picks when not given one
+        #: (``None``: none, as trio-websocket); a :class:`Router` route sets it.
+        self.default_subprotocol: str | None = None
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -123,20 +142,26 @@ class WebSocketRequest:
     async def accept(
         self,
         *,
-        subprotocol: str | None = None,
+        subprotocol: str | _Unset | None = _UNSET,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> WebSocketConnection:
         """Complete the handshake (101 Switching Protocols) and return the connection.
 
         :param subprotocol: the subprotocol chosen, one of
-            :attr:`proposed_subprotocols`, or ``None``.
+            :attr:`proposed_subprotocols`, or ``None``; left out,
+            :attr:`default_subprotocol` (``None`` unless a router chose one).
         :param extra_headers: more ``(name, value)`` response headers.
         :raises ValueError: the subprotocol was not proposed, or a header is invalid.
         :raises RuntimeError: the request was already accepted or rejected.
         :raises ConnectionClosed: the client has gone.
         """
-        await self._connection._accept(subprotocol, extra_headers, self._reader_nursery, self._shield)
+        chosen = self.default_subprotocol if isinstance(subprotocol, _Unset) else subprotocol
+        await self._connection._accept(chosen, extra_headers, self._reader_nursery, self._shield)
         return self._connection
+
+    def _log(self, level: int, message: str, *args: object) -> None:
+        """A record about this request's connection, to its logger (for the router)."""
+        self._connection._log(level, message, *args)
 
     async def reject(
         self,
