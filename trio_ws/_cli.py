@@ -2,9 +2,10 @@
 
 python -m trio_ws serve [--host H] [--port P] [--tls] [--compression deflate]
     serve the demo (a page at /, a chat at /chat, uploads at /upload, echo elsewhere), print its URL
-python -m trio_ws URL [--subprotocol S] [--cafile F]
-    connect; each line typed is sent, each message received is printed;
-    end of input (Ctrl-D) closes the connection with 1000.
+python -m trio_ws URL [--subprotocol S] [--cafile F] [--proxy URL | --no-proxy] [--reconnect]
+    connect (through the proxy the environment names, unless told otherwise;
+    following redirects); each line typed is sent, each message received is
+    printed; end of input (Ctrl-D) closes the connection with 1000.
 """
 
 from __future__ import annotations
@@ -91,10 +92,12 @@ async def _print_incoming(ws: WebSocketConnection, done: trio.CancelScope) -> No
     done.cancel()
 
 
-async def _client(url: str, subprotocols: list[str], cafile: str | None) -> int:
+async def _client(url: str, subprotocols: list[str], cafile: str | None, proxy: str | bool | None) -> int:
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        async with open_websocket_url(url, context, subprotocols=subprotocols) as ws:
+        async with open_websocket_url(
+            url, context, subprotocols=subprotocols, proxy=proxy, follow_redirects=True
+        ) as ws:
             _say(f"connected to {ws.url}" + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_print_incoming, ws, nursery.cancel_scope)
@@ -139,9 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("url", help="ws:// or wss:// URL")
         parser.add_argument("--subprotocol", action="append", default=[], help="offer this subprotocol (repeatable)")
         parser.add_argument("--cafile", help="trust this CA bundle for wss:// (PEM)")
+        proxies = parser.add_mutually_exclusive_group()
+        proxies.add_argument(
+            "--proxy", help="connect through this proxy (http://, https://, socks5://...; default: the environment's)"
+        )
+        proxies.add_argument("--no-proxy", action="store_true", help="connect directly, whatever the environment says")
         options = parser.parse_args(args)
+        proxy: str | bool | None = None if options.no_proxy else (options.proxy or True)
         try:
-            return trio.run(_client, options.url, options.subprotocol, options.cafile)
+            return trio.run(_client, options.url, options.subprotocol, options.cafile, proxy)
         except ValueError as exc:
             parser.error(str(exc))
     except BaseException as exc:
