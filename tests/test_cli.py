@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -51,6 +52,11 @@ class Output:
         return self.seen
 
 
+# The CLI client takes its proxy from the environment: the tests' own loopback
+# servers are reached directly, whatever the machine's environment says.
+ENV = {name: value for name, value in os.environ.items() if not name.lower().endswith("_proxy")}
+
+
 @asynccontextmanager
 async def cli(*args: str, stdin: bool = False) -> AsyncIterator[trio.Process]:
     """Run ``python -m trio_ws ARGS``; on the way out kill it if still running, reap it, close its pipes."""
@@ -59,6 +65,7 @@ async def cli(*args: str, stdin: bool = False) -> AsyncIterator[trio.Process]:
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=ENV,
     )
     try:
         yield process
@@ -75,7 +82,12 @@ async def cli(*args: str, stdin: bool = False) -> AsyncIterator[trio.Process]:
 async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(LIMIT):
         return await trio.run_process(
-            [*COMMAND, *args], stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False
+            [*COMMAND, *args],
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=ENV,
         )
 
 
