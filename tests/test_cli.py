@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
