@@ -197,3 +197,36 @@ async def test_unreachable_port_exits_2() -> None:
     assert "Traceback" not in stderr, stderr
     assert "could not connect" in stderr, stderr
     assert str(port) in stderr, stderr
+
+
+async def test_interactive_client_reconnects_when_asked(nursery: trio.Nursery) -> None:
+    """--reconnect: the server drops the first connection (1001); the client connects again and goes on."""
+    connections = 0
+
+    async def first_drops(request: WebSocketRequest) -> None:
+        nonlocal connections
+        connections += 1
+        ws = await request.accept()
+        if connections == 1:
+            await ws.get_message()
+            await ws.aclose(1001, "restarting")
+            return
+        async for message in ws:
+            await ws.send_message(message)
+
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, first_drops, HOST, 0, None))
+    with trio.fail_after(LIMIT):
+        async with cli(f"ws://{HOST}:{server.port}{RESOURCE}", "--reconnect", "--no-proxy", stdin=True) as process:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            output = Output(process.stdout)
+            await process.stdin.send_all(b"lost\n")
+            await output.read_until(b"reconnecting...\n")
+            await output.read_until(b"connected to ")
+            await process.stdin.send_all(b"after the reconnect\n")
+            await output.read_until(b"< after the reconnect\n")
+            await process.stdin.aclose()
+            assert await process.wait() == 0
+            await output.read_rest()
+    assert connections == 2
+    assert b"connection closed: 1001 GOING_AWAY restarting" in output.seen

@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._handshake import HTTPRequest, HTTPResponse
 from ._proxy import Proxy, ProxyError, parse_proxy, proxy_from_environment
+from ._reconnect import Backoff, Reconnector, is_retryable, reconnecting_websocket_url
 from ._router import Router
 from ._server import (
     OpenConnections,
@@ -36,6 +37,7 @@ from ._server import (
 from ._version import __version__
 
 __all__ = [
+    "Backoff",
     "BroadcastResult",
     "CloseReason",
     "ConnectionClosed",
@@ -52,6 +54,7 @@ __all__ = [
     "OpenConnections",
     "Proxy",
     "ProxyError",
+    "Reconnector",
     "Router",
     "WebSocketConnection",
     "WebSocketRequest",
@@ -63,9 +66,11 @@ __all__ = [
     "connect_websocket_url",
     "open_websocket",
     "open_unix_listener",
+    "is_retryable",
     "open_websocket_url",
     "parse_proxy",
     "proxy_from_environment",
+    "reconnecting_websocket_url",
     "serve_websocket",
     "wrap_client_stream",
     "wrap_server_stream",

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -24,7 +25,9 @@ from ._client import open_websocket_url
 from ._connection import WebSocketConnection
 from ._demo import run_demo
 from ._errors import ConnectionClosed, HandshakeError
+from ._reconnect import reconnecting_websocket_url
 from ._server import WebSocketServer
+from ._url import parse_url
 
 __all__ = ["main"]
 
@@ -92,30 +95,55 @@ async def _print_incoming(ws: WebSocketConnection, done: trio.CancelScope) -> No
     done.cancel()
 
 
-async def _client(url: str, subprotocols: list[str], cafile: str | None, proxy: str | bool | None) -> int:
+async def _read_lines(lines: trio.MemorySendChannel[str]) -> None:
+    """Every line typed, for whichever connection is open; the channel closes at the end of input."""
+    async with lines:
+        while line := await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True):
+            await lines.send(line.rstrip("\r\n"))
+
+
+async def _session(ws: WebSocketConnection, lines: trio.MemoryReceiveChannel[str]) -> bool:
+    """Lines typed go out, messages received are printed; ``True`` at the end of input."""
+    _say(f"connected to {ws.url}" + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_print_incoming, ws, nursery.cancel_scope)
+        async for line in lines:
+            try:
+                await ws.send_message(line)
+            except ConnectionClosed:
+                return False
+        nursery.cancel_scope.cancel()  # end of input: leave the block, which closes with 1000
+        return True
+    return False  # the connection closed (_print_incoming cancelled the nursery)
+
+
+async def _client(
+    url: str, subprotocols: list[str], cafile: str | None, proxy: str | bool | None, reconnect: bool
+) -> int:
+    parse_url(url)  # a bad URL is the command line's error (ValueError), before anything starts
     context = ssl.create_default_context(cafile=cafile) if cafile else None
-    try:
-        async with open_websocket_url(
-            url, context, subprotocols=subprotocols, proxy=proxy, follow_redirects=True
-        ) as ws:
-            _say(f"connected to {ws.url}" + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_print_incoming, ws, nursery.cancel_scope)
-                while True:
-                    line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-                    if not line:  # end of input: leave the block, which closes with 1000
-                        nursery.cancel_scope.cancel()
-                        break
-                    try:
-                        await ws.send_message(line.rstrip("\r\n"))
-                    except ConnectionClosed:
-                        break
-        closed = ws.closed
-        return 0 if closed is None or closed.code in (1000, 1001) else 1
-    except HandshakeError as exc:
-        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-        print(f"could not connect to {url}: {exc!r}{cause}", file=sys.stderr)
-        return 2
+    options: dict[str, Any] = {"subprotocols": subprotocols, "proxy": proxy, "follow_redirects": True}
+    send_lines, lines = trio.open_memory_channel[str](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read_lines, send_lines)
+        try:
+            if reconnect:
+                async with reconnecting_websocket_url(url, context, **options) as connections:
+                    async for ws in connections:
+                        if await _session(ws, lines):
+                            break
+                        _say("reconnecting...")
+                return 0
+            async with open_websocket_url(url, context, **options) as ws:
+                await _session(ws, lines)
+            closed = ws.closed
+            return 0 if closed is None or closed.code in (1000, 1001) else 1
+        except HandshakeError as exc:
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            print(f"could not connect to {url}: {exc!r}{cause}", file=sys.stderr)
+            return 2
+        finally:
+            nursery.cancel_scope.cancel()  # the line reader
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,10 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--proxy", help="connect through this proxy (http://, https://, socks5://...; default: the environment's)"
         )
         proxies.add_argument("--no-proxy", action="store_true", help="connect directly, whatever the environment says")
+        parser.add_argument(
+            "--reconnect", action="store_true", help="when the connection is lost, connect again (with backoff)"
+        )
         options = parser.parse_args(args)
         proxy: str | bool | None = None if options.no_proxy else (options.proxy or True)
         try:
-            return trio.run(_client, options.url, options.subprotocol, options.cafile, proxy)
+            return trio.run(_client, options.url, options.subprotocol, options.cafile, proxy, options.reconnect)
         except ValueError as exc:
             parser.error(str(exc))
     except BaseException as exc:
