@@ -621,4 +621,7 @@ def test_a_small_max_message_size_is_the_one_bounded_difference(role: Role, data
     pieces = data.draw(valid_streams(peer_masks=role == "server"))
     protocol, _ = open_role(role, max_message_size=SMALL_LIMIT)
     ours = run_trio_ws(protocol, pieces, past_1009=True)
-    assert ours == bounded(run_wsproto(role, pieces), SMALL_LIMIT, b"".join(pieces))
+    expected = bounded(run_wsproto(role, pieces), SMALL_LIMIT, b"".join(pieces))
+    # The other deliberate differences still apply (a control frame cut inside its header...).
+    if ours != expected and not any(difference(b"".join(pieces), ours, expected) for difference in DIFFERENCES):
+        assert ours == expected
