@@ -553,7 +553,8 @@ async def test_handler_overrides_the_routers_choice(nursery: trio.Nursery) -> No
 
     @router.websocket("/none", subprotocols=["chat.v1"])
     async def none(request: WebSocketRequest) -> None:
-        ws = await request.accept(subprotocol=None)
+        request.default_subprotocol = None  # accept()'s None means "the router's choice"
+        ws = await request.accept()
         await ws.send(f"speaking {ws.subprotocol}")
 
     server = await serve(nursery, router)

@@ -277,7 +277,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
     def buffered_amount(self) -> int:
         """Bytes handed to ``send_message`` (message payload) or queued by ``broadcast()``
         (frames) and not yet written: the browser's ``bufferedAmount``."""
-        return self._buffered_amount + self._protocol.queued_bytes()
+        return self._buffered_amount + self._protocol.queued_bytes() + self._unwritten
 
     def __str__(self) -> str:
         return f"{'client' if self.is_client else 'server'}-{self._id}"
@@ -437,7 +437,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
             lock = self._send_lock
             await lock.acquire()  # free: no schedule point; the write below is this call's
             try:
-                await self._write(protocol.send_data(opcode, payload, compress))
+                await self._write(protocol.send_data(opcode, payload, compress), counted=True)
             finally:
                 lock.release()
                 if pieces is not None:

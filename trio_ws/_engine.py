@@ -66,6 +66,8 @@ __all__ = ["Engine", "PendingPing"]
 
 _GRACE = 1.0  # seconds for a lingering close, and for the application to answer before a failure
 _NEED_DATA = 0  # what _deliver() returns when the protocol needs more bytes
+# Pongs the reader lets another writer send for it before it waits for them (see _reader_task).
+_REPLY_BACKLOG = 2**16
 _EVENT_NAMES = {
     MESSAGE: "MESSAGE",
     FRAGMENT: "PIECE",
@@ -142,6 +144,7 @@ class Engine:
         "_stream",
         "_trace",
         "_transport",
+        "_unwritten",
     )
 
     def __init__(self, protocol: Protocol, stream: trio.abc.Stream, options: Options, connection_id: int) -> None:
@@ -156,6 +159,7 @@ class Engine:
         self._closed = _Closed()  # the transport is closed
         self._trace = False  # frames are traced (at DEBUG): decided when the connection opens
         self._buffered_amount = 0  # message bytes handed to send_message() and not yet written
+        self._unwritten = 0  # bytes taken from the protocol by _write() and not yet written
         self._latency: float | None = None  # the last keepalive round trip
         # Made the first time a message is sent in pieces: held for the whole
         # message, so that no other message's frames go out between its own.
@@ -226,6 +230,10 @@ class Engine:
         protocol: ServerProtocol = self._protocol  # type: ignore[assignment]  # (no isinstance: a call)
         async with self._send_lock:
             protocol.accept(subprotocol, extra_headers)  # checks its arguments first
+            # OPEN from here, and so in server.connections: a broadcast may queue a frame
+            # for it now, which goes out right after the 101 (_write drains the queue), or
+            # from a task in the reader's nursery.
+            self._nursery = reader_nursery
             await self._write(protocol.data_to_send())
         self._start_reader(reader_nursery, shield)
 
@@ -500,7 +508,8 @@ class Engine:
         self._buffered_amount += size
         try:
             async with self._send_lock:
-                await self._write(self._protocol.send_fragment(opcode, data, last=last, compress=compress))
+                wire = self._protocol.send_fragment(opcode, data, last=last, compress=compress)
+                await self._write(wire, counted=True)
         finally:
             self._buffered_amount -= size
 
@@ -516,7 +525,7 @@ class Engine:
         protocol = self._protocol
         if not protocol.state.delivering or protocol.sending_in_pieces or self._nursery is None:
             return False
-        if protocol.queued_bytes() > self._options.write_limit:
+        if self._buffered_amount + protocol.queued_bytes() + self._unwritten > self._options.write_limit:
             return None
         protocol.queue_data(opcode, payload, compress, frames)
         self._kick()
@@ -552,33 +561,45 @@ class Engine:
             self._send_lock.release()
 
     def _close_slow(self, code: int, reason: str) -> None:
-        """Close a connection too slow for a broadcast, from a task of its own."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self._close_within, code, reason, self._options.disconnect_timeout)
+        """Start the closing handshake of a connection too slow for a broadcast, now: the
+        Close goes behind what is queued (and the frame being written, if any), the
+        connection leaves OPEN at once, and its reader ends it when the peer answers, or
+        when ``disconnect_timeout`` runs out."""
+        self._protocol.close(code, reason)
+        self._closing()
+        self._inbox.drop()  # a local close drops what nobody read (see _close_handshake)
+        self._kick()
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, counted: bool = False) -> None:
         """Write bytes the protocol gave; the caller holds the send lock.  Transport errors abort.
 
         Bytes a broadcast queued meanwhile (``_kick`` found the lock taken) are written
-        too, before the lock goes to anyone else.
+        too, before the lock goes to anyone else.  What is being written counts in
+        ``buffered_amount`` (and so toward ``write_limit``), as ``_unwritten``, unless
+        ``counted``: ``data`` is a message whose payload the caller counts already.
         """
         transport, protocol = self._transport, self._protocol
         if self._trace:
             self._trace_out(data)
         try:
+            self._unwritten = 0 if counted else len(data)
             await transport.send_all(data)
             while protocol.outgoing:
                 data = protocol.data_to_send()
                 if self._trace:
                     self._trace_out(data)
+                self._unwritten = len(data)
                 await transport.send_all(data)
+            self._unwritten = 0
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._unwritten = 0
             if not self._transport.closed:
                 await self._abort(f"the transport failed while sending ({describe(exc)})")
             raise ConnectionClosed(self._protocol.close_reason) from None
         except trio.Cancelled:
+            self._unwritten = 0
             await self._abort("a send was cancelled part way through a frame; the stream cannot be resumed")
             raise
 
@@ -713,7 +734,13 @@ class Engine:
                         if ending is not Ending.NOT_YET:
                             await self._end_transport(ending)
                             break
-                        await self._flush()
+                        if not self._send_lock.locked() or protocol.replies_queued > _REPLY_BACKLOG:
+                            await self._flush()
+                        # Else another task is writing (a broadcast's queue, a message), and
+                        # writes our Pongs too before it lets go (see _write): read on.  Waiting
+                        # for it would stop our reads while our writes wait for the peer's; two
+                        # peers that both do that wait forever.  A peer that pings without
+                        # reading is still held back: by the backlog of Pongs it has not taken.
                     if stop != _NEED_DATA:
                         continue
                     try:
@@ -722,6 +749,11 @@ class Engine:
                         if not transport.closed:
                             await self._abort(f"the transport failed ({describe(exc)})")
                         break
+                    if not data and protocol.outgoing:
+                        # EOF ends the connection, and drops what is queued: first write the
+                        # Pongs another writer was to write (nothing is left to read, so
+                        # waiting for it cannot stop the peer).
+                        await self._flush()
                     protocol.receive_data(data)
         except trio.Cancelled:
             await self._abort("the connection's reader task was cancelled")

@@ -228,6 +228,7 @@ class Protocol:
         "messages_received",
         "messages_sent",
         "outgoing",
+        "replies_queued",
         "state",
     )
 
@@ -247,6 +248,9 @@ class Protocol:
         #: Bytes decided on, not yet taken by data_to_send() (read-only: a list,
         #: so that "anything to write?" costs no call on the hot path).
         self.outgoing: list[bytes] = []
+        #: Bytes of automatic Pongs in ``outgoing`` (zero once data_to_send() takes them):
+        #: a reader that lets another task write them can bound what it owes.
+        self.replies_queued = 0
         # From the 101 on: the frame reader and the message assembler.
         self._reader: FrameReader | None = None
         self._assembler: MessageAssembler | None = None
@@ -344,6 +348,7 @@ class Protocol:
             return b""
         data = out[0] if len(out) == 1 else b"".join(out)
         del out[:]
+        self.replies_queued = 0
         return data
 
     # --- bytes in, events out ----------------------------------------------------------------
@@ -420,7 +425,9 @@ class Protocol:
     def _control(self, opcode: int, payload: bytes) -> Event:
         if opcode == OP_PING:
             if self.state.can_send:
-                self.outgoing.append(frame(OP_PONG, payload, mask=self._client))
+                pong = frame(OP_PONG, payload, mask=self._client)
+                self.outgoing.append(pong)
+                self.replies_queued += len(pong)
             return (PING, payload)
         if opcode == OP_PONG:
             return (PONG, payload)
@@ -550,6 +557,7 @@ class Protocol:
             self.close_reason = CloseReason(1006, why)
         self.state = _NEXT[self.state, _Input.ENDED]
         self.outgoing.clear()  # nothing more can be written
+        self.replies_queued = 0
 
     def _opened(self, deflate_agreed: bool, trailing_data: bytes) -> None:
         """The opening handshake succeeded: frames from here on."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import socket
@@ -55,13 +54,6 @@ _SERVER_ERROR = HTTPResponse(500, [(b"content-type", b"text/plain; charset=utf-8
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
 # accept() errors that mean "not now" (out of descriptors or memory), not "never".
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-
-class _Unset(enum.Enum):
-    UNSET = "unset"
-
-
-_UNSET = _Unset.UNSET
 
 
 class WebSocketRequest:
@@ -142,20 +134,21 @@ class WebSocketRequest:
     async def accept(
         self,
         *,
-        subprotocol: str | _Unset | None = _UNSET,
+        subprotocol: str | None = None,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> WebSocketConnection:
         """Complete the handshake (101 Switching Protocols) and return the connection.
 
         :param subprotocol: the subprotocol chosen, one of
-            :attr:`proposed_subprotocols`, or ``None``; left out,
-            :attr:`default_subprotocol` (``None`` unless a router chose one).
+            :attr:`proposed_subprotocols`; ``None`` (trio-websocket's default):
+            :attr:`default_subprotocol`, which is ``None`` (no subprotocol) unless a
+            router chose one (a handler that wants none then sets it to ``None`` first).
         :param extra_headers: more ``(name, value)`` response headers.
         :raises ValueError: the subprotocol was not proposed, or a header is invalid.
         :raises RuntimeError: the request was already accepted or rejected.
         :raises ConnectionClosed: the client has gone.
         """
-        chosen = self.default_subprotocol if isinstance(subprotocol, _Unset) else subprotocol
+        chosen = self.default_subprotocol if subprotocol is None else subprotocol
         await self._connection._accept(chosen, extra_headers, self._reader_nursery, self._shield)
         return self._connection
 

@@ -109,6 +109,9 @@ class SendLock:
             self._lot = WaitQueue()
         await self._lot.park()  # release() hands the lock over: still locked, now ours
 
+    def locked(self) -> bool:
+        return self._locked
+
     def try_acquire(self) -> bool:
         """Take the lock if it is free, without waiting (and without a checkpoint)."""
         if self._locked:
