@@ -8,7 +8,8 @@ file).  On one port it serves:
   ``readyState``, ``protocol``, ``extensions``, ``bufferedAmount`` and close
   events live;
 - WebSocket ``/chat``: every message from a page is broadcast to all open
-  pages, and the server speaks first: a ``tick`` every second;
+  pages with :func:`trio_ws.broadcast`, and the server speaks first: a
+  ``tick`` on joining, then one every second to everybody;
 - WebSocket ``/upload``: each message (the page's "Stream 64 MiB" button
   sends one of 64 MiB) is taken piece by piece as it arrives, with
   ``receive_fragments()``, never joined: the server counts its bytes, hashes
@@ -18,9 +19,12 @@ file).  On one port it serves:
 - WebSocket on any other path: an echo server (what ``python -m trio_ws URL``
   and the Autobahn suite talk to).
 
-Each chat connection has its own bounded outbox and a task that drains it,
-so one slow page cannot hold up the broadcast: when its outbox is full it is
-closed with 1008 instead.
+The chat needs no task or queue of its own per page: ``broadcast()`` hands
+each message to every page's connection and returns without waiting on any
+of them.  A page that reads too slowly cannot hold up the others: once more
+than ``write_limit`` bytes (64 KiB by default) wait for it, the next
+broadcast closes it with 1013 (Try Again Later) instead of queueing more
+(``on_slow="close"``; see docs/broadcast.md).
 """
 
 from __future__ import annotations
@@ -31,24 +35,27 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Literal
 
 import trio
 
 from trio_ws import (
+    BroadcastResult,
     ConnectionClosed,
     HTTPRequest,
     HTTPResponse,
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
+    broadcast,
     serve_websocket,
 )
 
 __all__ = ["ChatRoom", "page", "run_demo"]
 
 SUBPROTOCOLS = ("chat.v1",)
-OUTBOX_SIZE = 64
 TICK_SECONDS = 1.0
+ON_SLOW: Literal["skip", "close"] = "close"  # a page over write_limit: closed with 1013
 MAX_MESSAGE_SIZE = 16 * 2**20  # for a message received whole (chat, echo)
 UPLOAD_MAX_SIZE = 64 * 2**20  # for a message received in pieces (upload): a larger one is closed with 1009
 
@@ -65,79 +72,44 @@ async def page(request: HTTPRequest) -> HTTPResponse | None:
     return None
 
 
-@dataclass(eq=False)
-class _Member:
-    ws: WebSocketConnection
-    name: str
-    outbox: trio.MemorySendChannel[str]
-
-
 @dataclass
 class ChatRoom:
-    """Everybody connected to ``/chat``."""
+    """Everybody connected to ``/chat``: each page's connection and its name."""
 
-    members: set[_Member] = field(default_factory=set)
+    members: dict[WebSocketConnection, str] = field(default_factory=dict)
     joined: int = 0
 
-    def broadcast(self, message: dict[str, object]) -> None:
-        text = json.dumps(message)
-        for member in list(self.members):
-            try:
-                member.outbox.send_nowait(text)
-            except trio.WouldBlock:
-                # This page reads too slowly: drop it rather than grow memory.
-                self.members.discard(member)
-                member.outbox.close()
-            except trio.ClosedResourceError:
-                self.members.discard(member)
+    def broadcast(self, message: dict[str, object]) -> BroadcastResult:
+        """Send ``message`` (as JSON text) to every member, waiting on none."""
+        return broadcast(self.members, json.dumps(message), on_slow=ON_SLOW)
 
     async def serve(self, request: WebSocketRequest) -> None:
         ws = await request.accept(subprotocol="chat.v1" if "chat.v1" in request.proposed_subprotocols else None)
         self.joined += 1
-        send, receive = trio.open_memory_channel[str](OUTBOX_SIZE)
-        member = _Member(ws, f"guest-{self.joined}", send)
-        self.members.add(member)
-        self.broadcast({"type": "join", "name": member.name, "online": len(self.members)})
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drain, ws, receive, nursery.cancel_scope)
-                nursery.start_soon(self._tick, member)
-                await self._listen(member)
-                nursery.cancel_scope.cancel()
-        finally:
-            self.members.discard(member)
-            self.broadcast({"type": "leave", "name": member.name, "online": len(self.members)})
-
-    async def _listen(self, member: _Member) -> None:
+        name = self.members[ws] = f"guest-{self.joined}"
+        broadcast([ws], json.dumps(self._tick()))  # the server speaks first
+        self.broadcast({"type": "join", "name": name, "online": len(self.members)})
         try:
             while True:
-                text = await member.ws.get_message()
+                text = await ws.get_message()
                 if isinstance(text, bytes):
                     text = f"[{len(text)} bytes of binary]"
-                self.broadcast({"type": "chat", "name": member.name, "text": text[:2000]})
+                self.broadcast({"type": "chat", "name": name, "text": text[:2000]})
         except ConnectionClosed:
             pass
+        finally:
+            del self.members[ws]
+            self.broadcast({"type": "leave", "name": name, "online": len(self.members)})
 
-    async def _tick(self, member: _Member) -> None:
-        """The server speaks first, and keeps speaking."""
+    async def tick(self) -> None:
+        """A tick to everybody every second, for as long as the demo runs."""
         while True:
-            try:
-                tick = {"type": "tick", "time": time.time(), "online": len(self.members)}
-                member.outbox.send_nowait(json.dumps(tick))
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                return
             await trio.sleep(TICK_SECONDS)
+            if self.members:
+                self.broadcast(self._tick())
 
-    @staticmethod
-    async def _drain(ws: WebSocketConnection, outbox: trio.MemoryReceiveChannel[str], done: trio.CancelScope) -> None:
-        try:
-            async for text in outbox:
-                await ws.send_message(text)
-        except ConnectionClosed:
-            pass
-        else:  # the room closed our outbox: we were too slow
-            await ws.aclose(1008, "too slow: messages piled up")
-        done.cancel()
+    def _tick(self) -> dict[str, object]:
+        return {"type": "tick", "time": time.time(), "online": len(self.members)}
 
 
 async def _upload(request: WebSocketRequest) -> None:
@@ -190,16 +162,18 @@ async def run_demo(
         else:
             await _echo(request)
 
-    await serve_websocket(
-        handler,
-        host,
-        port,
-        ssl_context,
-        compression=compression,
-        http_handler=page,
-        max_message_size=MAX_MESSAGE_SIZE,
-        task_status=task_status,
-    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(room.tick)
+        await serve_websocket(
+            handler,
+            host,
+            port,
+            ssl_context,
+            compression=compression,
+            http_handler=page,
+            max_message_size=MAX_MESSAGE_SIZE,
+            task_status=task_status,
+        )
 
 
 if __name__ == "__main__":  # examples/browser_demo.py is this file: run it directly
