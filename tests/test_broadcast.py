@@ -63,6 +63,7 @@ from trio_ws._options import WRITE_LIMIT
 from trio_ws.testing import websocket_pair
 
 from .conftest import HOST, MemoryListener, close_payload, frame, start_raw_server
+from .test_router import doc_examples, run_doc_example
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kernel socket accounting is Linux's")
 
@@ -1299,3 +1300,11 @@ async def test_every_connection_in_server_connections_gets_the_broadcast(nursery
         with trio.fail_after(2):
             assert await alice.get_message() == "hello"
             assert await bob.get_message() == "hello"
+
+
+# --- the examples of docs/broadcast.md, as written ------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "expected"), doc_examples("broadcast.md"))
+def test_broadcast_doc_examples(monkeypatch: pytest.MonkeyPatch, code: str, expected: str | None) -> None:
+    run_doc_example(monkeypatch, "broadcast.md", code, expected)
