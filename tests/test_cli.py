@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -23,7 +24,12 @@ from trio_ws import (
     serve_websocket,
 )
 
-from .conftest import HOST, RESOURCE
+from . import test_proxy
+from .conftest import HOST, RESOURCE, echo_handler
+
+# A real tinyproxy for the --proxy test: test_proxy's fixtures, used here too.
+proxy_dir = test_proxy.proxy_dir
+tinyproxy = test_proxy.tinyproxy
 
 # Generous: each subprocess starts a Python interpreter and imports trio.
 LIMIT = 15
@@ -58,14 +64,14 @@ ENV = {name: value for name, value in os.environ.items() if not name.lower().end
 
 
 @asynccontextmanager
-async def cli(*args: str, stdin: bool = False) -> AsyncIterator[trio.Process]:
+async def cli(*args: str, stdin: bool = False, env: dict[str, str] | None = None) -> AsyncIterator[trio.Process]:
     """Run ``python -m trio_ws ARGS``; on the way out kill it if still running, reap it, close its pipes."""
     process = await trio.lowlevel.open_process(
         [*COMMAND, *args],
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=ENV,
+        env=ENV if env is None else env,
     )
     try:
         yield process
@@ -79,7 +85,7 @@ async def cli(*args: str, stdin: bool = False) -> AsyncIterator[trio.Process]:
                     await stream.aclose()
 
 
-async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(LIMIT):
         return await trio.run_process(
             [*COMMAND, *args],
@@ -87,7 +93,7 @@ async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
             capture_stdout=True,
             capture_stderr=True,
             check=False,
-            env=ENV,
+            env=ENV if env is None else env,
         )
 
 
@@ -230,3 +236,33 @@ async def test_interactive_client_reconnects_when_asked(nursery: trio.Nursery) -
             await output.read_rest()
     assert connections == 2
     assert b"connection closed: 1001 GOING_AWAY restarting" in output.seen
+
+
+async def test_proxy_flags(nursery: trio.Nursery, tinyproxy: str, proxy_dir: Path) -> None:
+    """--proxy URL goes through that proxy (a real tinyproxy); by default the client takes the
+    environment's proxy; --no-proxy ignores it."""
+    server: WebSocketServer = await nursery.start(partial(serve_websocket, echo_handler, HOST, 0, None))
+    url = f"ws://{HOST}:{server.port}{RESOURCE}"
+    dead_proxy = f"http://{HOST}:1"  # nothing listens on port 1: a client that uses it cannot connect
+
+    async def echo_once(*args: str, env: dict[str, str] | None = None) -> bytes:
+        async with cli(url, *args, stdin=True, env=env) as process:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            output = Output(process.stdout)
+            await process.stdin.send_all(b"via\n")
+            await output.read_until(b"< via\n")
+            await process.stdin.aclose()
+            assert await process.wait() == 0
+            await output.read_rest()
+        return output.seen
+
+    with trio.fail_after(LIMIT):
+        await echo_once("--proxy", tinyproxy, env={**ENV, "ws_proxy": dead_proxy})
+        await echo_once("--no-proxy", env={**ENV, "ws_proxy": dead_proxy})
+        result = await run_cli(url, env={**ENV, "ws_proxy": dead_proxy})
+    assert result.returncode == 2, result  # the environment's proxy was used, and refused
+    assert "Traceback" not in result.stderr.decode()
+    # The first echo went through tinyproxy (its log has the CONNECT), and only the first.
+    log = (proxy_dir / "tinyproxy.log").read_text(errors="replace")
+    assert log.count(f"CONNECT {HOST}:{server.port}") == 1, log[-2000:]
