@@ -65,6 +65,30 @@ def redis_backend(url: str, *, backoff: Backoff, connect_timeout: float) -> Call
     return make
 
 
+def _closing_streams(connection_class: type[Any]) -> type[Any]:
+    """``connection_class``, made to close its anyio memory streams when its ``run()`` ends.
+
+    A coredis (6.9) connection makes its buffers, anyio memory streams, when it
+    is created, and closes them only if it connected: each failed attempt (a
+    reconnection, a publish while Redis is down) leaves six to the garbage
+    collector, which warns (ResourceWarning) about each.  ``close()`` is
+    idempotent, so closing them again after a connection that worked is harmless.
+    """
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    class ClosingConnection(connection_class):  # type: ignore[misc]
+        async def run(self, **options: Any) -> None:
+            try:
+                await super().run(**options)
+            finally:
+                for value in vars(self).values():
+                    if isinstance(value, (MemoryObjectSendStream, MemoryObjectReceiveStream)):
+                        value.close()
+
+    ClosingConnection.__name__ = ClosingConnection.__qualname__ = connection_class.__name__
+    return ClosingConnection
+
+
 def _failures() -> tuple[type[BaseException], ...]:
     """What a lost or unreachable Redis raises through coredis (and anyio, under it)."""
     import anyio
@@ -125,6 +149,8 @@ class RedisBackend:
             )
         except (ValueError, TypeError, KeyError) as exc:  # coredis's own judgement of the URL
             raise ValueError(f"invalid Redis URL {self._where!r}: {exc}") from None
+        pool = self._client.connection_pool
+        pool.connection_class = _closing_streams(pool.connection_class)
         self._state = PubSubState.DISCONNECTED
         self._connected = trio.Event()
         self._wanted: set[str] = set()  # topics some local subscription wants
@@ -149,8 +175,10 @@ class RedisBackend:
         again as itself once everything is closed.
         """
         body_error: BaseException | None = None
+        entered = False
         try:
             async with self._client, trio.open_nursery() as tasks:
+                entered = True
                 try:
                     await tasks.start(self._reader)
                     tasks.start_soon(self._unsubscriber)
@@ -163,11 +191,11 @@ class RedisBackend:
                     tasks.cancel_scope.cancel()
         except BaseException as exc:  # from coredis's client, or a crash of our tasks
             self._state = PubSubState.CLOSED
-            self._raise_internal(exc, body_error)
+            self._raise_internal(exc, body_error, entered)
         if body_error is not None:
             _reraise(body_error)
 
-    def _raise_internal(self, error: BaseException, body_error: BaseException | None) -> None:
+    def _raise_internal(self, error: BaseException, body_error: BaseException | None, entered: bool) -> None:
         """What to raise when something other than the body failed: a crash of ours (a bug, or
         KeyboardInterrupt) wins; coredis's trouble closing a lost connection is only logged; a failure
         to enter coredis's client is the PubSubError of an unreachable Redis."""
@@ -179,9 +207,12 @@ class RedisBackend:
                 raise body_error  # (in the handler of ``error``: that becomes its context)
             crashes = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
             raise crashes[0] if len(crashes) == 1 else error
-        if body_error is None and not isinstance(error, trio.Cancelled):
+        if not entered:
             raise PubSubError(f"cannot reach Redis at {self._where}: {_describe(error)}") from error
         LOGGER.debug("closing the Redis client of %s: %s", self._where, _describe(error))
+        cancelled = [leaf for leaf in leaves if isinstance(leaf, trio.Cancelled)]
+        if body_error is None and cancelled:
+            raise cancelled[0]  # the block was cancelled while it closed: the cancellation goes on
 
     async def publish(self, topic: str, message: Message) -> None:
         try:
