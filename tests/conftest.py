@@ -528,3 +528,14 @@ def memory_network(monkeypatch: pytest.MonkeyPatch) -> MemoryNetwork:
     network = MemoryNetwork()
     monkeypatch.setattr(trio, "open_tcp_stream", network.open_tcp_stream)
     return network
+
+
+# --- a real redis-server (tests/_redis.py) -----------------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A redis-server on a free loopback port, without persistence (a ``tests._redis.RedisServer``)."""
+    from tests._redis import run_redis_server
+
+    yield from run_redis_server()

@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._handshake import HTTPRequest, HTTPResponse
 from ._proxy import Proxy, ProxyError, parse_proxy, proxy_from_environment
+from ._pubsub import PubSub, PubSubError, PubSubState, Subscription, SubscriptionStatistics, open_pubsub
 from ._reconnect import Backoff, Reconnector, is_retryable, reconnecting_websocket_url
 from ._router import Router
 from ._server import (
@@ -54,8 +55,13 @@ __all__ = [
     "OpenConnections",
     "Proxy",
     "ProxyError",
+    "PubSub",
+    "PubSubError",
+    "PubSubState",
     "Reconnector",
     "Router",
+    "Subscription",
+    "SubscriptionStatistics",
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",
@@ -64,6 +70,7 @@ __all__ = [
     "broadcast",
     "connect_websocket",
     "connect_websocket_url",
+    "open_pubsub",
     "open_websocket",
     "open_unix_listener",
     "is_retryable",
