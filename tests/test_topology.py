@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -32,6 +33,9 @@ from trio_ws import (
     WebSocketServer,
     open_websocket_url,
     reconnecting_websocket_url,
+    PubSub,
+    broadcast,
+    open_pubsub,
     serve_websocket,
 )
 
@@ -133,6 +137,7 @@ class Machine:
     name: str
     server: WebSocketServer | None = None
     peers: set[WebSocketConnection] = field(default_factory=set)
+    bus: PubSub | None = None  # with one, what a client says goes to the room, on every machine
 
     async def handler(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
@@ -140,11 +145,22 @@ class Machine:
         try:
             await ws.send_message(self.name)  # where the client landed
             async for message in ws:
-                await ws.send_message(f"{self.name}: {message}")
+                if self.bus is not None:
+                    await self.bus.publish("room", f"{self.name}: {message}")
+                else:
+                    await ws.send_message(f"{self.name}: {message}")
         except ConnectionClosed:
             pass
         finally:
             self.peers.discard(ws)
+
+    async def relay(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """This machine's bus: each message of the room to this machine's peers."""
+        async with open_pubsub(url) as bus, bus.subscribe("room") as messages:
+            self.bus = bus
+            task_status.started()
+            async for message in messages:
+                broadcast(self.peers, message)
 
 
 @dataclass
@@ -165,10 +181,14 @@ def haproxy_factory(tmp_path: Path) -> Iterator[list[HAProxy]]:
         proxy.stop()
 
 
-async def start_topology(nursery: trio.Nursery, started: list[HAProxy], directory: Path) -> Topology:
+async def start_topology(
+    nursery: trio.Nursery, started: list[HAProxy], directory: Path, bus_url: str | None = None
+) -> Topology:
     find_haproxy()  # fail (CI) or skip before anything starts
     machines = {name: Machine(name) for name in ("a", "b")}
     for machine in machines.values():
+        if bus_url is not None:
+            await nursery.start(machine.relay, bus_url)
         machine.server = await nursery.start(
             partial(serve_websocket, machine.handler, HOST, 0, None, disconnect_timeout=2)
         )
@@ -258,3 +278,39 @@ async def test_a_graceful_stop_sends_1001_and_reconnecting_clients_move_to_the_o
     assert [journey[1:] for journey in moved] == [["b"], ["b"]]
     assert sorted(endings) == [1000, 1000, 1001, 1001]
     assert time.monotonic() - start < 10
+
+
+async def test_a_message_published_on_one_server_reaches_the_clients_of_both(
+    nursery: trio.Nursery, haproxy_factory: list[HAProxy], tmp_path: Path, redis_server: Any
+) -> None:
+    """Redis between the two machines: what a client says on one reaches every client, on both."""
+    topology = await start_topology(nursery, haproxy_factory, tmp_path, bus_url=redis_server.url)
+    heard: dict[int, list[str]] = {number: [] for number in range(4)}
+    async with trio.open_nursery() as clients:
+        landed: list[str] = []
+        ready = trio.Semaphore(0)
+        speak = trio.Event()
+
+        async def client(number: int) -> None:
+            async with open_websocket_url(topology.url) as ws:
+                name = await ws.get_message()
+                assert isinstance(name, str)
+                landed.append(name)
+                ready.release()
+                if number == 0:
+                    await speak.wait()
+                    await ws.send_message("hello, everyone")
+                message = await ws.get_message()
+                assert isinstance(message, str)
+                heard[number].append(message)
+
+        for number in range(4):
+            clients.start_soon(client, number)
+        with trio.fail_after(10):
+            for _ in range(4):  # each is among its machine's peers before it hears the name
+                await ready.acquire()
+            speak.set()
+    assert sorted(landed) == ["a", "a", "b", "b"]  # two clients on each machine
+    said = {messages[0] for messages in heard.values()}
+    assert len(said) == 1, heard  # the same message, heard by all four, on both machines
+    assert said.pop() in ("a: hello, everyone", "b: hello, everyone")
