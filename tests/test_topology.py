@@ -28,14 +28,14 @@ import trio
 from trio_ws import (
     Backoff,
     ConnectionClosed,
+    PubSub,
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
-    open_websocket_url,
-    reconnecting_websocket_url,
-    PubSub,
     broadcast,
     open_pubsub,
+    open_websocket_url,
+    reconnecting_websocket_url,
     serve_websocket,
 )
 
