@@ -35,6 +35,7 @@ from ._server import (
     wrap_server_stream,
 )
 from ._version import __version__
+from ._workers import WorkerError, WorkerPool, run_workers
 
 __all__ = [
     "Backoff",
@@ -59,6 +60,8 @@ __all__ = [
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",
+    "WorkerError",
+    "WorkerPool",
     "__version__",
     "basic_auth",
     "broadcast",
@@ -71,6 +74,7 @@ __all__ = [
     "parse_proxy",
     "proxy_from_environment",
     "reconnecting_websocket_url",
+    "run_workers",
     "serve_websocket",
     "wrap_client_stream",
     "wrap_server_stream",

@@ -114,7 +114,8 @@ async def _stop_on_signal_or_eof(control: trio.SocketStream, stop: trio.Event) -
     async def eof() -> None:
         while await control.receive_some(4096):
             pass  # the parent never writes; this is only the end of its side
-        LOGGER.info("the parent is gone: stopping")
+        if not stop.is_set():
+            LOGGER.info("the parent closed the control socket (it stops, or is gone): stopping")
         stop.set()
 
     async with trio.open_nursery() as nursery:
@@ -160,6 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     config = json.loads(args[0])
     _configure_logging(config["id"], config["log_level"])
+    # Ignored until trio's receiver takes them (the first thing _run does):
+    # the parent's stop also reaches us as the end of the control socket, which
+    # cannot be lost.  And trio hands a signal still pending when its receiver
+    # closes back to the handler it found: ignored, a second SIGTERM (a process
+    # group's and the parent's) does not kill a worker that is exiting cleanly.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return trio.run(_run, config)
 
 

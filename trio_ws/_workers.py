@@ -301,6 +301,7 @@ class WorkerPool:
         self._address = address
         self._table = _Table(size, backoff)
         self._processes: dict[int, trio.Process] = {}
+        self._controls: dict[int, trio.SocketStream] = {}
         self._shared = shared
         self._grace_period = grace_period
         self._handle_signals = handle_signals
@@ -355,6 +356,11 @@ class WorkerPool:
             process = self._processes.get(worker)
             if process is not None and process.returncode is None:
                 process.send_signal(signal.SIGTERM)
+            control = self._controls.get(worker)
+            if control is not None:
+                # The end of our side says "stop" too, and cannot be lost: a
+                # signal that comes while the worker starts up may be.
+                control.socket.shutdown(socket.SHUT_WR)
         for scope in self._backoff_scopes.values():
             scope.cancel()
         self._started.set()
@@ -441,8 +447,12 @@ class WorkerPool:
         LOGGER.debug("worker %d started: pid %d", worker, process.pid, extra={"worker": worker})
         try:
             async with trio.SocketStream(trio.socket.from_stdlib_socket(parent_end)) as control:
-                with trio.move_on_after(START_TIMEOUT) as start_timer:
-                    await self._read_control(worker, control, start_timer)
+                self._controls[worker] = control
+                try:
+                    with trio.move_on_after(START_TIMEOUT) as start_timer:
+                        await self._read_control(worker, control, start_timer)
+                finally:
+                    del self._controls[worker]
                 if start_timer.cancelled_caught:
                     self._fail(worker, f"did not start listening within {START_TIMEOUT:g} s")
                     process.kill()
