@@ -35,7 +35,7 @@ from ._server import (
     wrap_server_stream,
 )
 from ._version import __version__
-from ._workers import WorkerError, WorkerPool, run_workers
+from ._workers import PoolState, WorkerError, WorkerPool, WorkerState, run_workers
 
 __all__ = [
     "Backoff",
@@ -53,6 +53,7 @@ __all__ = [
     "HandshakeError",
     "MessageFragments",
     "OpenConnections",
+    "PoolState",
     "Proxy",
     "ProxyError",
     "Reconnector",
@@ -62,6 +63,7 @@ __all__ = [
     "WebSocketServer",
     "WorkerError",
     "WorkerPool",
+    "WorkerState",
     "__version__",
     "basic_auth",
     "broadcast",

@@ -115,7 +115,7 @@ async def _stop_on_signal_or_eof(control: trio.SocketStream, stop: trio.Event) -
         while await control.receive_some(4096):
             pass  # the parent never writes; this is only the end of its side
         if not stop.is_set():
-            LOGGER.info("the parent closed the control socket (it stops, or is gone): stopping")
+            LOGGER.info("the parent stops (or is gone): closing the connections (1001) and stopping")
         stop.set()
 
     async with trio.open_nursery() as nursery:

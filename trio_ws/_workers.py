@@ -318,6 +318,7 @@ class WorkerPool:
 
     @property
     def state(self) -> PoolState:
+        """Where the pool is: starting, running, stopping or stopped."""
         return self._table.state
 
     @property
@@ -331,7 +332,13 @@ class WorkerPool:
         return {slot.id: slot.pid for slot in self._table.slots.values() if slot.pid is not None}
 
     @property
+    def states(self) -> dict[int, WorkerState]:
+        """Each worker's state, by worker id."""
+        return {slot.id: slot.state for slot in self._table.slots.values()}
+
+    @property
     def restarts(self) -> int:
+        """How many times a worker that exited unexpectedly was started again."""
         return sum(slot.restarts for slot in self._table.slots.values())
 
     @property
