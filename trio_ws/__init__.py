@@ -36,6 +36,7 @@ from ._server import (
     wrap_server_stream,
 )
 from ._version import __version__
+from ._workers import PoolState, WorkerError, WorkerPool, WorkerState, run_workers
 
 __all__ = [
     "Backoff",
@@ -53,6 +54,7 @@ __all__ = [
     "HandshakeError",
     "MessageFragments",
     "OpenConnections",
+    "PoolState",
     "Proxy",
     "ProxyError",
     "PubSub",
@@ -65,6 +67,9 @@ __all__ = [
     "WebSocketConnection",
     "WebSocketRequest",
     "WebSocketServer",
+    "WorkerError",
+    "WorkerPool",
+    "WorkerState",
     "__version__",
     "basic_auth",
     "broadcast",
@@ -78,6 +83,7 @@ __all__ = [
     "parse_proxy",
     "proxy_from_environment",
     "reconnecting_websocket_url",
+    "run_workers",
     "serve_websocket",
     "wrap_client_stream",
     "wrap_server_stream",

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal
@@ -51,6 +53,9 @@ from trio_ws import (
     serve_websocket,
 )
 
+# Which worker process serves (``python -m trio_ws serve --workers N`` sets it), for the page to show.
+WORKER = os.environ.get("TRIO_WS_WORKER")
+
 __all__ = ["ChatRoom", "page", "run_demo"]
 
 SUBPROTOCOLS = ("chat.v1",)
@@ -68,6 +73,8 @@ async def page(request: HTTPRequest) -> HTTPResponse | None:
     """The plain-HTTP side of the port: the page at ``/``, 404 elsewhere."""
     if request.method in ("GET", "HEAD") and request.path in ("/", "/index.html"):
         headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
+        if WORKER is not None:
+            headers.append((b"x-worker", WORKER.encode()))
         return HTTPResponse(200, headers, _page_bytes())
     return None
 
@@ -109,7 +116,7 @@ class ChatRoom:
                 self.broadcast(self._tick())
 
     def _tick(self) -> dict[str, object]:
-        return {"type": "tick", "time": time.time(), "online": len(self.members)}
+        return {"type": "tick", "time": time.time(), "online": len(self.members), "worker": WORKER}
 
 
 async def _upload(request: WebSocketRequest) -> None:
@@ -148,9 +155,19 @@ async def run_demo(
     *,
     ssl_context: ssl.SSLContext | None = None,
     compression: str | None = None,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None = None,
+    pubsub: object | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the demo until cancelled."""
+    """Serve the demo until cancelled.
+
+    ``listeners``: serve on these instead of ``host``:``port`` (a worker of
+    ``serve --workers N`` gives its own ``SO_REUSEPORT`` listener).
+    ``pubsub``: reserved for the chat across worker processes (each worker's
+    room reaches only its own pages until then); only ``None`` for now.
+    """
+    if pubsub is not None:
+        raise NotImplementedError("the demo's chat across workers (pubsub) is not built yet")
     room = ChatRoom()
 
     async def handler(request: WebSocketRequest) -> None:
@@ -164,6 +181,13 @@ async def run_demo(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(room.tick)
+        if listeners is not None:
+            server = WebSocketServer(
+                handler, listeners, compression=compression, http_handler=page, max_message_size=MAX_MESSAGE_SIZE
+            )
+            await server.run(task_status=task_status)
+            nursery.cancel_scope.cancel()  # the server was closed (aclose): the ticks end too
+            return
         await serve_websocket(
             handler,
             host,
