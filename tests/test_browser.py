@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -889,3 +890,65 @@ async def test_the_demo_page_streams_64_mib(nursery: trio.Nursery, page: Browser
     # send() only queues the message; it is all sent by the time the answer comes.
     assert outcome["bufferedAfterSend"] == DEMO_UPLOAD
     assert outcome["bufferedAtAck"] == 0
+
+
+async def _chat_worker(page: BrowserPage) -> str:
+    """The worker whose chat this page is on, once its first tick says so."""
+    worker = await page.call(
+        """async () => {
+            for (let i = 0; i < 200; i++) {
+                const shown = document.getElementById("worker").textContent;
+                if (shown) return shown;
+                await new Promise((resolve) => setTimeout(resolve, 25));
+            }
+            return "";
+        }"""
+    )
+    assert worker in ("1", "2"), worker
+    return str(worker)
+
+
+async def test_the_demo_chat_across_two_workers_and_redis(
+    chromium: Chromium, page: BrowserPage, redis_server: Any
+) -> None:
+    """`python -m trio_ws serve --workers 2 --pubsub redis://...`: two pages on the same URL,
+    whose chats are served by different workers, see each other's messages; each page
+    shows the worker that serves it, and each message the worker of its sender."""
+    from .test_cli import cli, read_server_port
+
+    with trio.fail_after(60):
+        async with cli(
+            "serve", "--host", HOST, "--port", "0", "--workers", "2", "--pubsub", redis_server.url
+        ) as server:
+            port = await read_server_port(server)
+            url = f"http://{HOST}:{port}/"
+            await page.navigate(url)
+            first = await _chat_worker(page)
+            async with open_cdp(chromium.ws_url) as cdp, open_page(cdp) as other:
+                # The kernel picks the worker of each connection (SO_REUSEPORT hashes its
+                # addresses and ports): load the second page until it lands on the other one.
+                for _ in range(30):
+                    await other.navigate(url)
+                    second = await _chat_worker(other)
+                    if second != first:
+                        break
+                assert second != first, "30 loads of the page all landed on one worker"
+                await page.call(
+                    """async () => {
+                        document.getElementById("text").value = "hello across workers";
+                        document.getElementById("chat").requestSubmit();
+                    }"""
+                )
+                heard = await other.call(
+                    """async () => {
+                        for (let i = 0; i < 200; i++) {
+                            const log = document.getElementById("log").textContent;
+                            if (log.includes("hello across workers")) return log;
+                            await new Promise((resolve) => setTimeout(resolve, 25));
+                        }
+                        return document.getElementById("log").textContent;
+                    }"""
+                )
+            assert f"(worker {first}): hello across workers" in heard, heard[-500:]
+            server.send_signal(signal.SIGINT)
+            assert await server.wait() == 0

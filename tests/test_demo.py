@@ -163,3 +163,44 @@ async def test_upload_too_big(demo: WebSocketServer, monkeypatch: pytest.MonkeyP
             await ws.get_message()
     assert info.value.reason is not None
     assert info.value.reason.code == 1009
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_the_chat_across_two_demos_on_one_bus(
+    nursery: trio.Nursery, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Two demos (as two workers would be) on one bus: a page on each hears the other.
+    (Real workers, and the worker ids the pages show: tests/test_browser.py.)"""
+    url = "memory://demo-test" if backend == "memory" else request.getfixturevalue("redis_server").url
+    servers: list[WebSocketServer] = [await nursery.start(partial(run_demo, HOST, 0, pubsub=url)) for _ in range(2)]
+    with trio.fail_after(10):
+        async with (
+            open_websocket(HOST, servers[0].port, "/chat", use_ssl=False) as ann,
+            open_websocket(HOST, servers[1].port, "/chat", use_ssl=False) as ben,
+        ):
+            await next_of(ann, "tick")
+            await next_of(ben, "tick")
+            assert (await next_of(ann, "join"))["online"] == 1  # ann's own join...
+            assert (await next_of(ann, "join"))["online"] == 1  # ...and ben's, on the other demo
+            await ann.send_message("hello from the first demo")
+            for ws in (ann, ben):
+                chat = await next_of(ws, "chat")
+                assert chat["text"] == "hello from the first demo"
+
+
+async def test_the_chat_says_which_worker_and_goes_local_when_the_bus_is_down(
+    nursery: trio.Nursery, redis_server: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the bus down, the pages of this worker still hear what is said here (and a
+    warning says why the others do not)."""
+    url = redis_server.url  # type: ignore[attr-defined]
+    server: WebSocketServer = await nursery.start(partial(run_demo, HOST, 0, pubsub=url))
+    with trio.fail_after(10):
+        async with open_websocket(HOST, server.port, "/chat", use_ssl=False) as ann:
+            await ann.send_message("through the bus")
+            chat = await next_of(ann, "chat")
+            assert (chat["text"], chat["worker"]) == ("through the bus", None)
+            redis_server.stop()  # type: ignore[attr-defined]
+            await ann.send_message("while it is down")
+            assert (await next_of(ann, "chat"))["text"] == "while it is down"
+    assert any("the chat's bus is down" in record.getMessage() for record in caplog.records)

@@ -1,7 +1,8 @@
 """``python -m trio_ws``: the demo server and an interactive client.
 
-python -m trio_ws serve [--host H] [--port P] [--tls] [--compression deflate] [--workers N]
-    serve the demo (a page at /, a chat at /chat, uploads at /upload, echo elsewhere), print its URL
+python -m trio_ws serve [--host H] [--port P] [--tls] [--compression deflate] [--workers N] [--pubsub URL]
+    serve the demo (a page at /, a chat at /chat, uploads at /upload, echo elsewhere), print its URL;
+    with --pubsub (redis://...), the chat reaches the pages of every worker
 python -m trio_ws run MODULE:HANDLER [--host H] [--port P] [--workers N] [--tls CERT KEY]
                       [--compression deflate] [--http-handler MODULE:NAME] [--log-level L] ...
     serve HANDLER from N worker processes sharing the port (SO_REUSEPORT), print the URL when
@@ -81,21 +82,26 @@ def _throwaway_tls(host: str) -> tuple[ssl.SSLContext, str]:
     return context, ca_file
 
 
-async def _serve(host: str, port: int, tls: bool, compression: str | None) -> None:
+async def _serve(host: str, port: int, tls: bool, compression: str | None, pubsub: str | None) -> None:
     context, ca_file = _throwaway_tls(host) if tls else (None, None)
     try:
-        await _run_demo(host, port, context, ca_file, compression)
+        await _run_demo(host, port, context, ca_file, compression, pubsub)
     finally:
         if ca_file:
             os.unlink(ca_file)
 
 
 async def _run_demo(
-    host: str, port: int, context: ssl.SSLContext | None, ca_file: str | None, compression: str | None
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    ca_file: str | None,
+    compression: str | None,
+    pubsub: str | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         server: WebSocketServer = await nursery.start(
-            partial(run_demo, host, port, ssl_context=context, compression=compression)
+            partial(run_demo, host, port, ssl_context=context, compression=compression, pubsub=pubsub)
         )
         for listener in server.listeners:
             url = getattr(listener, "url", str(listener))
@@ -163,8 +169,10 @@ async def _run(options: argparse.Namespace) -> int:
     return _exit_code(announce)
 
 
-async def _serve_workers(host: str, port: int, tls: bool, compression: str | None, workers: int) -> int:
-    """The demo in ``workers`` processes (each with its own chat room: pub/sub between them is not built)."""
+async def _serve_workers(
+    host: str, port: int, tls: bool, compression: str | None, pubsub: str | None, workers: int
+) -> int:
+    """The demo in ``workers`` processes; with ``pubsub``, their chat rooms share one bus."""
     paths: tuple[str, str] | None = None
     ca_file = None
     if tls:  # files, for the workers to load
@@ -185,13 +193,14 @@ async def _serve_workers(host: str, port: int, tls: bool, compression: str | Non
         origins=None,
         max_connections=None,
     )
-    spec = _Spec("demo", None, None, paths, server, "INFO", 128)
+    spec = _Spec("demo", None, None, paths, server, "INFO", 128, pubsub)
 
     def describe(pool: WorkerPool) -> str:
         page = pool.url.replace("wss://", "https://").replace("ws://", "http://")
         lines = [
             f"trio_ws demo: open {page}/ in a browser (chat at {pool.url}/chat, echo at {pool.url}/); Ctrl-C to stop",
-            f"{len(pool.pids)} worker(s) (pids {_pids(pool)}); each has its own chat room",
+            f"{len(pool.pids)} worker(s) (pids {_pids(pool)}); "
+            + ("their chat rooms share the --pubsub bus" if pubsub else "each has its own chat room"),
         ]
         if ca_file:
             lines.append(f"TLS with a throw-away CA: trust {ca_file} (e.g. --cafile {ca_file} for the CLI client)")
@@ -338,14 +347,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.add_argument(
                 "--workers", type=int, help="serve from N worker processes sharing the port (each its own chat room)"
             )
+            parser.add_argument(
+                "--pubsub",
+                metavar="URL",
+                help="carry the chat to every worker's pages over this bus (redis://host:port/db; trio-ws[redis])",
+            )
             options = parser.parse_args(args[1:])
             if options.workers is not None:
                 if options.workers < 1:
                     parser.error("--workers must be at least 1")
                 _configure_logging("INFO")
-                serve = partial(_serve_workers, options.host, options.port, options.tls, options.compression)
+                serve = partial(
+                    _serve_workers, options.host, options.port, options.tls, options.compression, options.pubsub
+                )
                 return trio.run(serve, options.workers)
-            trio.run(_serve, options.host, options.port, options.tls, options.compression)
+            trio.run(_serve, options.host, options.port, options.tls, options.compression, options.pubsub)
             return 0
         if args and args[0] == "run":
             return _run_command(args[1:])

@@ -25,16 +25,24 @@ of them.  A page that reads too slowly cannot hold up the others: once more
 than ``write_limit`` bytes (64 KiB by default) wait for it, the next
 broadcast closes it with 1013 (Try Again Later) instead of queueing more
 (``on_slow="close"``; see docs/broadcast.md).
+
+Across worker processes (``serve --workers N --pubsub redis://...``) each
+worker has its own pages; what a page says is published on the bus instead,
+and each worker's relay broadcasts what the bus brings to its own pages, so
+every page hears every page, whichever worker serves it.  Each message says
+which worker its sender is on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal
@@ -46,10 +54,13 @@ from trio_ws import (
     ConnectionClosed,
     HTTPRequest,
     HTTPResponse,
+    PubSub,
+    PubSubError,
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
     broadcast,
+    open_pubsub,
     serve_websocket,
 )
 
@@ -60,6 +71,8 @@ __all__ = ["ChatRoom", "page", "run_demo"]
 
 SUBPROTOCOLS = ("chat.v1",)
 TICK_SECONDS = 1.0
+CHAT_TOPIC = "trio_ws.demo:chat"  # on the bus, when the demo runs with one
+LOGGER = logging.getLogger("trio_ws.demo")
 ON_SLOW: Literal["skip", "close"] = "close"  # a page over write_limit: closed with 1013
 MAX_MESSAGE_SIZE = 16 * 2**20  # for a message received whole (chat, echo)
 UPLOAD_MAX_SIZE = 64 * 2**20  # for a message received in pieces (upload): a larger one is closed with 1009
@@ -81,35 +94,63 @@ async def page(request: HTTPRequest) -> HTTPResponse | None:
 
 @dataclass
 class ChatRoom:
-    """Everybody connected to ``/chat``: each page's connection and its name."""
+    """Everybody connected to ``/chat`` in this process: each page's connection and its name.
+
+    With a ``bus``, what the pages say (and their comings and goings) goes through it, to the
+    rooms of every process; :meth:`relay` brings it back to this room's pages.
+    """
 
     members: dict[WebSocketConnection, str] = field(default_factory=dict)
     joined: int = 0
+    bus: PubSub | None = None
 
     def broadcast(self, message: dict[str, object]) -> BroadcastResult:
-        """Send ``message`` (as JSON text) to every member, waiting on none."""
+        """Send ``message`` (as JSON text) to every member here, waiting on none."""
         return broadcast(self.members, json.dumps(message), on_slow=ON_SLOW)
+
+    async def say(self, message: dict[str, object]) -> None:
+        """``message`` to every page: through the bus if there is one, else to this room."""
+        message["worker"] = WORKER
+        if self.bus is None:
+            self.broadcast(message)
+            return
+        try:
+            await self.bus.publish(CHAT_TOPIC, json.dumps(message))
+        except PubSubError as exc:  # the bus is down: the pages of this process still hear it
+            LOGGER.warning("the chat's bus is down (%s): this message stays in worker %s", exc, WORKER)
+            self.broadcast(message)
+
+    async def relay(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """What the bus brings, to this room's pages, until cancelled."""
+        assert self.bus is not None
+        async with self.bus.subscribe(CHAT_TOPIC) as messages:
+            task_status.started()
+            async for text in messages:
+                broadcast(self.members, text, on_slow=ON_SLOW)
 
     async def serve(self, request: WebSocketRequest) -> None:
         ws = await request.accept(subprotocol="chat.v1" if "chat.v1" in request.proposed_subprotocols else None)
         self.joined += 1
-        name = self.members[ws] = f"guest-{self.joined}"
+        # Names are per process: with workers, the worker's id keeps them apart.
+        name = self.members[ws] = f"guest-{self.joined}" if WORKER is None else f"guest-{WORKER}.{self.joined}"
         broadcast([ws], json.dumps(self._tick()))  # the server speaks first
-        self.broadcast({"type": "join", "name": name, "online": len(self.members)})
+        await self.say({"type": "join", "name": name, "online": len(self.members)})
         try:
             while True:
                 text = await ws.get_message()
                 if isinstance(text, bytes):
                     text = f"[{len(text)} bytes of binary]"
-                self.broadcast({"type": "chat", "name": name, "text": text[:2000]})
+                await self.say({"type": "chat", "name": name, "text": text[:2000]})
         except ConnectionClosed:
             pass
         finally:
             del self.members[ws]
-            self.broadcast({"type": "leave", "name": name, "online": len(self.members)})
+            with trio.CancelScope(shield=True):  # a server shutting down still says goodbye
+                with trio.move_on_after(1):
+                    await self.say({"type": "leave", "name": name, "online": len(self.members)})
 
     async def tick(self) -> None:
-        """A tick to everybody every second, for as long as the demo runs."""
+        """A tick to everybody here every second, for as long as the demo runs."""
         while True:
             await trio.sleep(TICK_SECONDS)
             if self.members:
@@ -117,6 +158,19 @@ class ChatRoom:
 
     def _tick(self) -> dict[str, object]:
         return {"type": "tick", "time": time.time(), "online": len(self.members), "worker": WORKER}
+
+
+@asynccontextmanager
+async def _chat_room(pubsub: str | None) -> AsyncIterator[ChatRoom]:
+    """The chat room, with its bus and relay when ``pubsub`` names one (they end with the block)."""
+    if pubsub is None:
+        yield ChatRoom()
+        return
+    async with open_pubsub(pubsub) as bus, trio.open_nursery() as nursery:
+        room = ChatRoom(bus=bus)
+        await nursery.start(room.relay)
+        yield room
+        nursery.cancel_scope.cancel()
 
 
 async def _upload(request: WebSocketRequest) -> None:
@@ -156,20 +210,29 @@ async def run_demo(
     ssl_context: ssl.SSLContext | None = None,
     compression: str | None = None,
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None = None,
-    pubsub: object | None = None,
+    pubsub: str | None = None,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the demo until cancelled.
 
     ``listeners``: serve on these instead of ``host``:``port`` (a worker of
     ``serve --workers N`` gives its own ``SO_REUSEPORT`` listener).
-    ``pubsub``: reserved for the chat across worker processes (each worker's
-    room reaches only its own pages until then); only ``None`` for now.
+    ``pubsub``: a bus URL (``redis://...``, see :func:`trio_ws.open_pubsub`)
+    that carries the chat to the pages of every process serving the demo.
     """
-    if pubsub is not None:
-        raise NotImplementedError("the demo's chat across workers (pubsub) is not built yet")
-    room = ChatRoom()
+    async with _chat_room(pubsub) as room:
+        await _serve_room(room, host, port, ssl_context, compression, listeners, task_status)
 
+
+async def _serve_room(
+    room: ChatRoom,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    compression: str | None,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None,
+    task_status: trio.TaskStatus[WebSocketServer],
+) -> None:
     async def handler(request: WebSocketRequest) -> None:
         path = request.path.partition("?")[0]
         if path == "/chat":

@@ -107,7 +107,14 @@ async def _serve_demo(
 ) -> None:
     from ._demo import run_demo
 
-    await run_demo("", 0, listeners=[listener], compression=config["server"]["compression"], task_status=task_status)
+    await run_demo(
+        "",
+        0,
+        listeners=[listener],
+        compression=config["server"]["compression"],
+        pubsub=config["pubsub"],
+        task_status=task_status,
+    )
 
 
 async def _stop_on_signal_or_eof(control: trio.SocketStream, stop: trio.Event) -> None:

@@ -274,6 +274,7 @@ class _Spec:
     server: dict[str, Any]  # WebSocketServer's keyword arguments
     log_level: str
     backlog: int
+    pubsub: str | None = None  # the demo's bus (``serve --workers N --pubsub URL``)
 
 
 class WorkerPool:
@@ -511,6 +512,7 @@ class WorkerPool:
             "server": spec.server,
             "log_level": spec.log_level,
             "backlog": spec.backlog,
+            "pubsub": spec.pubsub,
             "family": self._address.family,
             "address": [self._address.sockaddr[0], self.port, *self._address.sockaddr[2:]],
             "control_fd": control.fileno(),
