@@ -13,6 +13,7 @@ are skipped with the command that installs it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -55,34 +56,19 @@ def find_haproxy() -> str:
     return path
 
 
+DOCS = Path(__file__).parent.parent / "docs"
+
+
 def haproxy_config(port: int, backends: dict[str, int]) -> str:
-    """HAProxy in HTTP mode (it knows the WebSocket upgrade): round robin, a quick health
-    check, and a failed connect retried on the other server (``option redispatch``)."""
-    servers = "\n".join(
-        f"    server {name} {HOST}:{backend} check inter 100ms fall 1 rise 1" for name, backend in backends.items()
-    )
-    return f"""\
-global
-    maxconn 256
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    # An upgraded connection is a tunnel: its own idle timeout.
-    timeout tunnel 1h
-    option redispatch
-    retries 2
-
-frontend websockets
-    bind {HOST}:{port}
-    default_backend machines
-
-backend machines
-    balance roundrobin
-{servers}
-"""
+    """The HAProxy configuration of docs/several-machines.md, with our ports in place of its
+    8000 (the front) and 8001, 8002 (the two machines, in order)."""
+    text = (DOCS / "several-machines.md").read_text()
+    (config,) = re.findall(r"^```haproxy\n(.*?)^```$", text, re.S | re.M)
+    ports = [str(backend) for backend in backends.values()]
+    assert config.count("127.0.0.1:8000") == 1
+    assert len(ports) == 2
+    config = config.replace("127.0.0.1:8000", f"{HOST}:{port}")
+    return config.replace("127.0.0.1:8001", f"{HOST}:{ports[0]}").replace("127.0.0.1:8002", f"{HOST}:{ports[1]}")
 
 
 class HAProxy:
