@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py            # full: 5 rounds (3 for idle memory and broadcast), 9-10 minutes
     python benchmarks/bench.py --quick    # 1 round, shorter workloads, about 2 minutes
+    python benchmarks/bench.py --compare before=../baseline/.venv/bin/python   # and another trio_ws, interleaved
 
 Each measurement runs the peer under test in one process and a fast peer in
 another: in the server role a C-accelerated client (websockets' asyncio
@@ -14,6 +15,10 @@ the table shows the median cost over rounds, with the median raw figure.
 
 Peers run from benchmarks/.venv-peers (made from requirements-peers.txt on
 first use); trio_ws and the raw trio peer from the project's interpreter.
+``--compare NAME=PYTHON`` adds a row: the trio_ws that PYTHON imports (another
+checkout's virtual environment: the code before a change), run by this
+checkout's peers.py in the same interleaved rounds, so that a before/after
+comparison shares every slow minute of the machine.
 Results are saved as JSON in benchmarks/results/.
 """
 
@@ -64,8 +69,19 @@ def free_port() -> int:
     return port
 
 
+# --compare NAME=PYTHON: more trio_ws builds, each run as peers.py's "trio_ws" by its own interpreter.
+COMPARED: dict[str, Path] = {}
+
+
 def python_for(impl: str) -> Path:
+    if impl in COMPARED:
+        return COMPARED[impl]
     return PROJECT_PY if impl in ("trio_ws", "raw_trio", "raw_sync", "floor_trio") else PEERS_PY
+
+
+def peer_name(impl: str) -> str:
+    """The implementation's name for peers.py (a compared build is trio_ws to it)."""
+    return "trio_ws" if impl in COMPARED else impl
 
 
 class Server:
@@ -74,7 +90,7 @@ class Server:
     def __init__(self, impl: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [str(python_for(impl)), str(HERE / "peers.py"), "server", impl, "--port", str(self.port)],
+            [str(python_for(impl)), str(HERE / "peers.py"), "server", peer_name(impl), "--port", str(self.port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -110,7 +126,7 @@ MANY_CONNECTION_ROUNDS = 3
 
 
 def run_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> dict[str, Any]:
-    command = [str(python_for(impl)), str(HERE / "peers.py"), "client", impl, workload, "--port", str(port)]
+    command = [str(python_for(impl)), str(HERE / "peers.py"), "client", peer_name(impl), workload, "--port", str(port)]
     command += ["--options", json.dumps(options)]
     # A client that makes no progress (websockets.trio's client stalls now and
     # then on 1 MiB echoes) costs a bounded time, and its column shows "-".
@@ -149,7 +165,7 @@ def measure(role: str, impl: str, workload: str, options: dict[str, Any]) -> dic
 def measure_idle(server: Server, client_impl: str, options: dict[str, Any]) -> dict[str, Any]:
     """Server RSS per connection: open N connections, use each once, leave them idle."""
     before = server.rss_kib()
-    command = [str(python_for(client_impl)), str(HERE / "peers.py"), "client", client_impl, "idle"]
+    command = [str(python_for(client_impl)), str(HERE / "peers.py"), "client", peer_name(client_impl), "idle"]
     command += ["--port", str(server.port), "--options", json.dumps(options)]
     client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert client.stdout is not None
@@ -179,8 +195,21 @@ def main() -> int:
     parser.add_argument(
         "--floor", action="store_true", help="also measure floor_trio: the protocol's own cost over raw trio"
     )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="also measure the trio_ws that PYTHON imports, as row NAME (repeatable)",
+    )
     args = parser.parse_args()
-    under_test = [*UNDER_TEST, "floor_trio"] if args.floor else UNDER_TEST
+    under_test = [*UNDER_TEST, "floor_trio"] if args.floor else list(UNDER_TEST)
+    for spec in args.compare:
+        name, _, python = spec.partition("=")
+        if not name or not python or not Path(python).exists():
+            parser.error(f"--compare wants NAME=PYTHON with an existing interpreter, not {spec!r}")
+        COMPARED[name] = Path(python).absolute()  # (not resolve(): a venv's python is a symlink)
+        under_test.append(name)
     ensure_peers()
     rounds = args.rounds or (1 if args.quick else 5)
     seconds = 0.5 if args.quick else 1.0
@@ -258,7 +287,7 @@ def render(
             cells = [f"{median(costs[n]):.2f}" if n in costs else "-" for n in names]
             lines.append(f"{impl} | " + " | ".join(cells))
         lines.append("")
-    lines.append(f"wall time {elapsed:.0f} s; command: python benchmarks/bench.py{'' if rounds > 1 else ' --quick'}")
+    lines.append(f"wall time {elapsed:.0f} s; command: python benchmarks/bench.py {' '.join(sys.argv[1:])}".rstrip())
     return "\n".join(lines) + "\n"
 
 
