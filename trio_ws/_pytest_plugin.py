@@ -26,6 +26,7 @@ The async fixtures run under pytest-trio: the test must be a trio test
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -43,13 +44,19 @@ if TYPE_CHECKING:
 _TRIO_FIXTURES = ("ws_server_factory", "wss_server_factory", "ws_pair")
 
 
+def _pytest_trio_active(config: pytest.Config) -> bool:
+    """Is pytest-trio's plugin registered (under its entry point's name, ``trio``, or any other: ``-p``)?"""
+    module = sys.modules.get("pytest_trio.plugin")
+    return module is not None and config.pluginmanager.is_registered(module)
+
+
 @pytest.hookimpl(tryfirst=True)  # before the fixtures are set up, where the error would be less clear
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Fail, saying what to do, a test that uses an async fixture of ours where it cannot run."""
     used = [name for name in _TRIO_FIXTURES if name in getattr(item, "fixturenames", ())]
     if not used:
         return
-    if not item.config.pluginmanager.hasplugin("trio"):
+    if not _pytest_trio_active(item.config):
         pytest.fail(
             f"{', '.join(used)} (trio_ws's pytest plugin) is an async fixture and needs pytest-trio: "
             f"pip install pytest-trio (or {testing._TESTING_EXTRA_HINT}), then set trio_mode = true "

@@ -201,19 +201,27 @@ class LocalServer:
         return f"<LocalServer {self.url}>"
 
 
-def _recorded(handler: Handler, errors: list[Exception]) -> Handler:
-    """``handler``, appending to ``errors`` what it raises besides ConnectionClosed (and cancellation)."""
+class _RecordingHandler:
+    """``handler``, appending to ``errors`` what it raises besides ConnectionClosed (and cancellation).
 
-    async def recording_handler(request: WebSocketRequest) -> object:
+    Its ``repr()`` is the handler's, which the server's log names when the handler fails.
+    """
+
+    def __init__(self, handler: Handler, errors: list[Exception]) -> None:
+        self._handler = handler
+        self._errors = errors
+
+    async def __call__(self, request: WebSocketRequest) -> object:
         try:
-            return await handler(request)
+            return await self._handler(request)
         except Exception as exc:
             closed_only = isinstance(exc, ExceptionGroup) and exc.split(ConnectionClosed)[1] is None
             if not isinstance(exc, ConnectionClosed) and not closed_only:
-                errors.append(exc)
+                self._errors.append(exc)
             raise
 
-    return recording_handler
+    def __repr__(self) -> str:
+        return repr(self._handler)
 
 
 async def start_server(
@@ -238,7 +246,7 @@ async def start_server(
         raise ValueError("give both ssl_context and client_ssl_context (a TLS server, its clients' context), or none")
     errors: list[Exception] = []
     server: WebSocketServer = await nursery.start(
-        partial(serve_websocket, _recorded(handler, errors), HOST, 0, ssl_context, **options)
+        partial(serve_websocket, _RecordingHandler(handler, errors), HOST, 0, ssl_context, **options)
     )
     local = LocalServer(server, client_ssl_context)
     local.handler_errors = errors
