@@ -346,9 +346,13 @@ async def test_a_factory_reports_every_server(nursery: trio.Nursery, logged_erro
                 await ws.get_message()
     with pytest.raises(ExceptionGroup, match="WebSocket handlers raised 2 times"):
         factory.raise_handler_errors()
-    factory.raise_handler_errors()
+    factory.raise_handler_errors()  # reported once
+    async with servers[1].connect() as ws, expect_close(1011):
+        await ws.get_message()
+    with pytest.raises(ZeroDivisionError):  # what comes after is recorded too
+        factory.raise_handler_errors()
     await servers[0].server.aclose()
-    assert len(logged_errors) == 2
+    assert len(logged_errors) == 3
 
 
 async def test_wss_fixtures(wss_server_factory: ServerFactory, ws_client_ssl_context: object) -> None:

@@ -153,10 +153,12 @@ class LocalServer:
     would fail no test.
     """
 
-    def __init__(self, server: WebSocketServer, client_ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, server: WebSocketServer, client_ssl_context: ssl.SSLContext | None, handler_errors: list[Exception]
+    ) -> None:
         self.server = server
         self.client_ssl_context = client_ssl_context
-        self.handler_errors: list[Exception] = []
+        self.handler_errors = handler_errors  # the list the server's handler appends to
 
     @property
     def host(self) -> str:
@@ -191,11 +193,17 @@ class LocalServer:
 
         The list is emptied, so that the errors are reported once.
         """
-        errors, self.handler_errors = self.handler_errors, []
+        errors = self._take_handler_errors()
         if len(errors) == 1:
             raise errors[0]
         if errors:
             raise ExceptionGroup(f"the handler of the server at {self.url} raised {len(errors)} times", errors)
+
+    def _take_handler_errors(self) -> list[Exception]:
+        # Emptied in place: the server's handler goes on appending to this very list.
+        errors = list(self.handler_errors)
+        self.handler_errors.clear()
+        return errors
 
     def __repr__(self) -> str:
         return f"<LocalServer {self.url}>"
@@ -248,9 +256,7 @@ async def start_server(
     server: WebSocketServer = await nursery.start(
         partial(serve_websocket, _RecordingHandler(handler, errors), HOST, 0, ssl_context, **options)
     )
-    local = LocalServer(server, client_ssl_context)
-    local.handler_errors = errors
-    return local
+    return LocalServer(server, client_ssl_context, errors)
 
 
 class ServerFactory:
@@ -291,10 +297,7 @@ class ServerFactory:
 
     def raise_handler_errors(self) -> None:
         """Raise what the handlers of these servers raised (see :meth:`LocalServer.raise_handler_errors`)."""
-        errors: list[Exception] = []
-        for server in self.servers:
-            errors.extend(server.handler_errors)
-            server.handler_errors = []
+        errors = [error for server in self.servers for error in server._take_handler_errors()]
         if len(errors) == 1:
             raise errors[0]
         if errors:
