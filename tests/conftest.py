@@ -61,6 +61,11 @@ from trio_ws import (
     serve_websocket,
 )
 
+# trio_ws's own pytest plugin (ws_server_factory, ws_pair, ...), which users get through its entry
+# point; this suite turns the entry point off (pyproject.toml: -p no:trio_ws) and loads the plugin here,
+# after coverage has started.
+pytest_plugins = ["trio_ws._pytest_plugin"]
+
 HOST = "127.0.0.1"
 RESOURCE = "/resource"
 DEADLINE = 30.0  # seconds of trio time for an async test; @pytest.mark.deadline(seconds) for another

@@ -23,7 +23,7 @@ from trio_ws import (
     wrap_client_stream,
     wrap_server_stream,
 )
-from trio_ws.testing import websocket_pair
+from trio_ws.testing import assert_closed_with, expect_close, websocket_pair
 
 from .conftest import (
     HOST,
@@ -644,17 +644,11 @@ async def test_max_message_size_closes_1009_on_both_sides() -> None:
         await server.send_message(b"A" * 100)
         assert await client.get_message() == b"A" * 100
         await server.send_message(b"B" * 101)
-        with pytest.raises(ConnectionClosed) as info:
+        with expect_close(1009):
             await client.get_message()
-        assert info.value.reason is not None
-        assert info.value.reason.code == 1009
-        with pytest.raises(ConnectionClosed) as server_info:
+        with expect_close(1009):
             await server.get_message()
-        assert server_info.value.reason is not None
-        assert server_info.value.reason.code == 1009
-    assert client.closed is not None
-    assert client.closed.code == 1009
-    assert client.closed.was_clean
+    assert assert_closed_with(client, 1009).was_clean
 
 
 async def test_max_message_size_counts_characters_of_text() -> None:

@@ -23,6 +23,7 @@ from trio_ws import (
     serve_websocket,
     wrap_server_stream,
 )
+from trio_ws.testing import ServerFactory, expect_close
 
 from .conftest import (
     HOST,
@@ -126,15 +127,14 @@ async def test_handler_return_closes_with_1000(
     await memory_network.start_server(nursery, handler)
     with trio.fail_after(2):
         async with open_websocket(HOST, memory_network.port, "/", use_ssl=False) as ws:
-            with pytest.raises(ConnectionClosed) as info:
+            with expect_close(1000) as closed:
                 await ws.get_message()
-    assert info.value.reason is not None
-    assert info.value.reason.code == 1000
-    assert info.value.reason.name == "NORMAL_CLOSURE"
+    assert closed.reason is not None
+    assert closed.reason.name == "NORMAL_CLOSURE"
 
 
 async def test_handler_error_closes_1011_logs_and_server_goes_on(
-    nursery: trio.Nursery, logged_errors: list[logging.LogRecord]
+    ws_server_factory: ServerFactory, logged_errors: list[logging.LogRecord]
 ) -> None:
     fail = trio.Event()
 
@@ -145,14 +145,12 @@ async def test_handler_error_closes_1011_logs_and_server_goes_on(
             raise RuntimeError("handler bug")
         await echo_loop(ws)
 
-    server = await start_server(nursery, handler)
+    server = await ws_server_factory(handler)
     async with open_websocket(HOST, server.port, "/good", use_ssl=False) as good:
-        async with open_websocket(HOST, server.port, "/bad", use_ssl=False) as bad:
+        async with server.connect("/bad") as bad:
             fail.set()
-            with pytest.raises(ConnectionClosed) as info:
+            with expect_close(1011, "internal error"):
                 await bad.get_message()
-            assert info.value.reason is not None
-            assert info.value.reason.code == 1011
         # The other connection, and the server, are unaffected.
         await good.send_message("still here")
         assert await good.get_message() == "still here"
@@ -164,22 +162,24 @@ async def test_handler_error_closes_1011_logs_and_server_goes_on(
     assert logged_errors[0].exc_info is not None
     assert isinstance(logged_errors[0].exc_info[1], RuntimeError)
     assert str(logged_errors[0].exc_info[1]) == "handler bug"
+    with pytest.raises(RuntimeError, match="handler bug"):  # the fixture would fail the test with it
+        server.raise_handler_errors()
 
 
 async def test_handler_exception_group_is_contained(
-    nursery: trio.Nursery, logged_errors: list[logging.LogRecord]
+    ws_server_factory: ServerFactory, logged_errors: list[logging.LogRecord]
 ) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.accept()
         async with trio.open_nursery() as inner:  # raises an ExceptionGroup
             inner.start_soon(partial(operator_error, "in a child task"))
 
-    server = await start_server(nursery, handler)
-    async with open_websocket(HOST, server.port, "/", use_ssl=False) as ws:
-        with pytest.raises(ConnectionClosed) as info:
+    server = await ws_server_factory(handler)
+    async with server.connect() as ws:
+        with expect_close(1011):
             await ws.get_message()
-    assert info.value.reason is not None
-    assert info.value.reason.code == 1011
+    with pytest.raises(ExceptionGroup):
+        server.raise_handler_errors()
     assert len(logged_errors) == 1  # with the child task's error, in its group or not
     assert logged_errors[0].exc_info is not None
     logged = logged_errors[0].exc_info[1]

@@ -27,6 +27,7 @@ from trio_ws import (
     serve_websocket,
 )
 from trio_ws._url import parse_url
+from trio_ws.testing import ServerFactory, assert_closed_with
 
 from .conftest import HOST, RESOURCE, echo_handler
 
@@ -62,19 +63,18 @@ async def echo_once(ws: WebSocketConnection, message: str | bytes) -> None:
 
 
 async def test_open_websocket_wss_echo(
-    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+    wss_server_factory: ServerFactory, ws_client_ssl_context: ssl.SSLContext
 ) -> None:
-    server = await start_tls_server(nursery, server_context)
-    assert_tls_endpoint(server.listeners[0], server.port)
+    server = await wss_server_factory(echo_handler)
+    assert_tls_endpoint(server.server.listeners[0], server.port)
     with trio.fail_after(FAST):
-        async with open_websocket(HOST, server.port, RESOURCE, use_ssl=client_context) as ws:
+        async with open_websocket(HOST, server.port, RESOURCE, use_ssl=ws_client_ssl_context) as ws:
             await echo_once(ws, "hello over TLS")
             await echo_once(ws, b"\x00\x01binary")
             assert_tls_endpoint(ws.local)
             assert_tls_endpoint(ws.remote, server.port)
-            assert ws.url == f"wss://{HOST}:{server.port}{RESOURCE}"
-    assert ws.closed is not None
-    assert ws.closed.code == 1000
+            assert ws.url == server.url + RESOURCE
+    assert_closed_with(ws, 1000)
 
 
 async def test_open_websocket_url_wss_echo_and_server_side_view(
