@@ -1781,6 +1781,7 @@ async def test_a_slow_consumer_stops_reading_a_raw_peer_over_tcp(nursery: trio.N
     accepted (its send_all blocks); then the handler catches up, and every message arrives."""
     count, size = 400, 2**16
     go = trio.Event()
+    done = trio.Event()
     seen: list[int] = []
     waiting: list[int] = []
 
@@ -1791,6 +1792,7 @@ async def test_a_slow_consumer_stops_reading_a_raw_peer_over_tcp(nursery: trio.N
             assert isinstance(message, bytes)
             waiting.append(ws.statistics().messages_waiting)
             seen.append(int.from_bytes(message[:4], "big"))
+        done.set()
 
     server = await nursery.start(partial(serve_websocket, handler, HOST, 0, None, message_queue_size=1))
     stream = await trio.open_tcp_stream(HOST, server.port)
@@ -1818,5 +1820,9 @@ async def test_a_slow_consumer_stops_reading_a_raw_peer_over_tcp(nursery: trio.N
             assert written < count, "every write was accepted: nothing pushed back"
             go.set()
         assert await raw.receive_frame() == (CLOSE, close_payload(1000))
+    # The server answers the Close as soon as its reader sees it; the messages before it
+    # may still wait for the handler, which takes them all before its loop ends.
+    with trio.fail_after(5):
+        await done.wait()
     assert seen == list(range(count))
     assert max(waiting) <= 2
