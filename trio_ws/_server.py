@@ -139,16 +139,16 @@ class WebSocketRequest:
     ) -> WebSocketConnection:
         """Complete the handshake (101 Switching Protocols) and return the connection.
 
-        :param subprotocol: the subprotocol chosen, one of
-            :attr:`proposed_subprotocols`; ``None`` (trio-websocket's default):
-            :attr:`default_subprotocol`, which is ``None`` (no subprotocol) unless a
-            router chose one (a handler that wants none then sets it to ``None`` first).
-        :param extra_headers: more ``(name, value)`` response headers.
         Cancellation: before the 101 response is written, nothing is sent and
         the connection is then closed without a response (the client sees
         :exc:`HandshakeError`); while it is being written, the connection is
         aborted.  Once it is written, the request counts as answered.
 
+        :param subprotocol: the subprotocol chosen, one of
+            :attr:`proposed_subprotocols`; ``None`` (trio-websocket's default):
+            :attr:`default_subprotocol`, which is ``None`` (no subprotocol) unless a
+            router chose one (a handler that wants none then sets it to ``None`` first).
+        :param extra_headers: more ``(name, value)`` response headers.
         :raises ValueError: the subprotocol was not proposed, or a header is invalid.
         :raises RuntimeError: the request was already accepted or rejected.
         :raises ConnectionClosed: the client has gone.
@@ -170,15 +170,15 @@ class WebSocketRequest:
     ) -> None:
         """Refuse the handshake with an HTTP response, then close the connection.
 
-        :param status_code: 200-599 (not 101), usually a 4xx code.
-        :param extra_headers: more ``(name, value)`` response headers.
-        :param body: the response body, if any.
         After the response, a plain TCP connection lingers (FIN, then at most
         1 s for the client to close), so ``reject()`` may take up to a second.
         Cancellation: while the response is being written, the connection is
         aborted; while lingering, the response is already out and the
         connection is closed without waiting further.
 
+        :param status_code: 200-599 (not 101), usually a 4xx code.
+        :param extra_headers: more ``(name, value)`` response headers.
+        :param body: the response body, if any.
         :raises ValueError: the status code or a header is invalid.
         :raises RuntimeError: the request was already accepted or rejected.
         """
