@@ -45,7 +45,6 @@ intersphinx_mapping = {
     "python": ("https://docs.python.org/3", "_intersphinx/python.inv"),
     "trio": ("https://trio.readthedocs.io/en/stable", "_intersphinx/trio.inv"),
 }
-intersphinx_disabled_reftypes = ["*"]
 
 # -- HTML ----------------------------------------------------------------------------------------------
 html_theme = "furo"
