@@ -400,6 +400,8 @@ async def connect_websocket_url(
     ``ssl_context`` is used for ``wss:`` (a default context when ``None``).  A
     ``user:password@`` in the URL (new in trio_ws) is sent as ``Authorization: Basic``.
 
+    Cancellation, and the other exceptions: as :func:`connect_websocket`.
+
     :raises ValueError: the URL is not a valid WebSocket URL, or an
         ``ssl_context`` was given for a ``ws:`` URL.
     """
@@ -457,6 +459,14 @@ async def wrap_client_stream(
     ``host`` is sent as the ``Host`` header, ``resource`` as the request
     target.  An :class:`trio.SSLStream` gets its TLS handshake first.  The
     reader task runs in ``nursery``, as with :func:`connect_websocket`.
+
+    Cancellation: during the handshake, the call raises ``Cancelled`` and
+    ``stream`` is closed.  Afterwards, cancelling ``nursery`` aborts the
+    connection (1006, no Close frame); ``aclose()`` or ``async with conn:``
+    closes it with a closing handshake.
+
+    :raises HandshakeError: the server's answer is not a valid handshake
+        (:exc:`ConnectionRejected` when it refused with an HTTP status).
     """
     options = Options(
         message_queue_size=message_queue_size,
@@ -663,6 +673,8 @@ def open_websocket_url(
     ``wss:`` uses ``ssl_context``, or a default client context when ``None``;
     the port defaults to 80 (``ws:``) or 443 (``wss:``).  A ``user:password@``
     in the URL (new in trio_ws) is sent as ``Authorization: Basic``.
+
+    Cancellation, and the other exceptions: as :func:`open_websocket`.
 
     :raises ValueError: the URL is not a valid WebSocket URL, or an
         ``ssl_context`` was given for a ``ws:`` URL.

@@ -334,6 +334,9 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
         ``async for message in ws`` ends.  Any other ending (1002, 1006, 1007,
         1009, 1011, an application's code...) raises :exc:`ConnectionClosed`.
 
+        Cancellation: as :meth:`get_message`, no message is lost; a
+        cancelled ``receive()`` took nothing, and the connection is unchanged.
+
         :raises trio.EndOfChannel: the connection closed normally.
         :raises ConnectionClosed: it ended another way.
         """
@@ -446,11 +449,17 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
             self._buffered_amount -= size
 
     async def send(self, value: str | bytes) -> None:
-        """:meth:`send_message` (this is :class:`trio.abc.SendChannel`'s method)."""
+        """:meth:`send_message` (this is :class:`trio.abc.SendChannel`'s method).
+
+        Cancellation, and what it raises: as :meth:`send_message`.
+        """
         await self.send_message(value)
 
     async def wait_closed(self) -> CloseReason:
-        """Wait until the connection is CLOSED (its transport closed); return why it closed."""
+        """Wait until the connection is CLOSED (its transport closed); return why it closed.
+
+        It only waits: cancelling it changes nothing on the connection.
+        """
         await self._wait_closed()
         reason = self._protocol.close_reason
         assert reason is not None
@@ -476,6 +485,11 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
         ``payload`` (at most 125 bytes) must not equal that of another ping in
         flight; ``None`` picks a random 4-byte payload.  A pong acknowledges its
         ping and every earlier one (RFC 6455 lets a peer answer only the last).
+
+        Cancellation: while the Ping frame is being written, as
+        :meth:`send_message` (a frame cut in the middle aborts the connection,
+        1006); while waiting for the pong, the ping is forgotten and the
+        connection is unchanged (a late pong is ignored).
 
         :raises ConnectionClosed: the connection is closed, or closes before the pong.
         :raises ValueError: the payload is in flight already, or too long.
@@ -505,6 +519,10 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
 
     async def pong(self, payload: bytes | None = None) -> None:
         """Send an unsolicited pong (a one-way heartbeat).
+
+        Cancellation: as :meth:`send_message`: before the frame is written,
+        nothing is sent; in the middle of writing it, the connection is
+        aborted (1006).
 
         :raises ConnectionClosed: the connection is closed or closing.
         """
@@ -571,7 +589,11 @@ class MessageFragments(Generic[_Piece]):
         return piece  # type: ignore[return-value]  # (bytes whenever decode is False)
 
     async def aclose(self) -> None:
-        """Drop the rest of the message now (leaving ``async for`` early drops it at the next receive)."""
+        """Drop the rest of the message now (leaving ``async for`` early drops it at the next receive).
+
+        The message is dropped before the checkpoint, so a cancelled ``aclose()``
+        has still dropped it.
+        """
         if not self._done:
             self._done = True
             self._connection._end_stream(self)

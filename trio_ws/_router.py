@@ -518,6 +518,9 @@ class Router:
         The matching route's response; ``None`` (which the server answers
         with 404) when no route matches; 405 for a known path and another
         method; 426 for the path of a WebSocket route.
+
+        It calls the route's handler and sends nothing itself (the server sends
+        the response): cancelling it cancels that handler, and nothing is sent.
         """
         segments = _decode_segments(request.target)
         if segments is None:

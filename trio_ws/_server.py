@@ -139,6 +139,11 @@ class WebSocketRequest:
     ) -> WebSocketConnection:
         """Complete the handshake (101 Switching Protocols) and return the connection.
 
+        Cancellation: before the 101 response is written, nothing is sent and
+        the connection is then closed without a response (the client sees
+        :exc:`HandshakeError`); while it is being written, the connection is
+        aborted.  Once it is written, the request counts as answered.
+
         :param subprotocol: the subprotocol chosen, one of
             :attr:`proposed_subprotocols`; ``None`` (trio-websocket's default):
             :attr:`default_subprotocol`, which is ``None`` (no subprotocol) unless a
@@ -164,6 +169,12 @@ class WebSocketRequest:
         body: bytes | None = None,
     ) -> None:
         """Refuse the handshake with an HTTP response, then close the connection.
+
+        After the response, a plain TCP connection lingers (FIN, then at most
+        1 s for the client to close), so ``reject()`` may take up to a second.
+        Cancellation: while the response is being written, the connection is
+        aborted; while lingering, the response is already out and the
+        connection is closed without waiting further.
 
         :param status_code: 200-599 (not 101), usually a 4xx code.
         :param extra_headers: more ``(name, value)`` response headers.
@@ -195,6 +206,11 @@ async def wrap_server_stream(
     reader task runs in ``nursery``.  Answer the returned request with
     :meth:`~WebSocketRequest.accept` or :meth:`~WebSocketRequest.reject`;
     close the connection when done.
+
+    Cancellation: while the request is being read, the call raises
+    ``Cancelled`` and ``stream`` is closed.  Once accepted, cancelling
+    ``nursery`` aborts the connection (1006, no Close frame); close it
+    yourself (``async with conn:``) for a closing handshake.
 
     :raises HandshakeError: the client sent no valid handshake (it got a 4xx
         response: 400, 426, 431...) or went away first.
@@ -602,6 +618,9 @@ async def open_unix_listener(path: str, *, mode: int | None = None, backlog: int
     WebSockets there, as on TCP (behind a reverse proxy on the same machine,
     say).  A socket file left at ``path`` by an earlier run is replaced (any
     other file there is an error); ``mode`` sets its permissions.
+
+    Cancellation: a cancelled call leaves no listener open (the socket is
+    closed); a stale socket file it already removed stays removed.
 
     :raises OSError: the socket could not be made.
     """
