@@ -8,13 +8,13 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn
+from typing import Any
 
 import trio
 from wsproto import ConnectionType
 
 from ._connection import WebSocketConnection
-from ._errors import ConnectionRejected, ConnectionTimeout, DisconnectionTimeout, HandshakeError
+from ._errors import ConnectionRejected, ConnectionTimeout, DisconnectionTimeout, HandshakeError, reraise
 from ._handshake import caller_headers
 from ._log import Logger
 from ._options import CONN_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE, RECEIVE_BYTES, WRITE_LIMIT, Options
@@ -219,7 +219,7 @@ async def _open_tcp_stream(host: str, port: int) -> trio.abc.Stream:
         # trio tries addresses concurrently ("happy eyeballs"): cancelled
         # meanwhile, it raises a group of Cancelled.  A caller expects one.
         if group.split(trio.Cancelled)[1] is None:  # nothing but cancellations
-            _reraise(_leaves(group)[0])
+            reraise(_leaves(group)[0])
         raise
 
 
@@ -487,15 +487,6 @@ class _CloseResult:
     timed_out = False
 
 
-def _reraise(error: BaseException) -> NoReturn:
-    """Raise ``error`` again without replacing its ``__context__``."""
-    context = error.__context__
-    try:
-        raise error
-    finally:
-        error.__context__ = context
-
-
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     found: list[BaseException] = []
     for exc in group.exceptions:
@@ -550,16 +541,16 @@ async def _owned_connection(
                 internal.append(error.__context__)
             error.__context__ = BaseExceptionGroup("internal errors in trio_ws while the body ran", internal)
             error.__suppress_context__ = False
-            _reraise(error)
+            reraise(error)
         if len(internal) == 1:
-            _reraise(internal[0])
+            reraise(internal[0])
         if not internal:
             # Only cancellations (a task of ours was cancelled with the body):
             # one Cancelled, the body's own if it has one, is what goes up.
-            _reraise(error or _leaves(group)[0])
+            reraise(error or _leaves(group)[0])
         raise
     if error is not None:
-        _reraise(error)
+        reraise(error)
 
 
 @asynccontextmanager

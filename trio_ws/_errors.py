@@ -6,6 +6,8 @@ attributes, so that code catching them keeps working after the import changes.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from wsproto.frame_protocol import CloseReason as _WsprotoCode
 
 __all__ = [
@@ -134,3 +136,13 @@ class ConnectionRejected(HandshakeError):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}<status_code={self.status_code}>"
+
+
+def reraise(error: BaseException) -> NoReturn:
+    """Raise ``error`` (taken out of an ExceptionGroup, say) again, keeping its ``__context__``:
+    a plain ``raise`` inside an ``except`` would replace it with the exception being handled."""
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context

@@ -23,10 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._errors import reraise
 from ._pubsub import LOGGER, Deliver, Message, PubSubError, PubSubState, _hide_password
 from ._reconnect import Backoff
 
@@ -193,7 +194,7 @@ class RedisBackend:
             self._state = PubSubState.CLOSED
             self._raise_internal(exc, body_error, entered)
         if body_error is not None:
-            _reraise(body_error)
+            reraise(body_error)
 
     def _raise_internal(self, error: BaseException, body_error: BaseException | None, entered: bool) -> None:
         """What to raise when something other than the body failed: a crash of ours (a bug, or
@@ -362,12 +363,3 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for error in group.exceptions:
         found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
     return found
-
-
-def _reraise(error: BaseException) -> NoReturn:
-    """Raise ``error`` again without replacing its ``__context__``."""
-    context = error.__context__
-    try:
-        raise error
-    finally:
-        error.__context__ = context
