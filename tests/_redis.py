@@ -7,37 +7,20 @@ start it again on the same port, for tests of a lost connection.  Under CI
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 
-import pytest
+from ._programs import find_program, free_port
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 10.0  # seconds for redis-server to accept connections
 
 
 def redis_server_path() -> str:
-    """The redis-server program; pytest.fail under CI, skip elsewhere, when it is not installed."""
-    path = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-    )
-    if path is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """The redis-server program (see tests/_programs.py)."""
+    return find_program("redis-server", "apt-get install -y redis-server")
 
 
 class RedisServer:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-import shutil
 import socket
 import ssl
 import subprocess
@@ -54,6 +53,8 @@ from trio_ws._proxy import (
     resolve_proxy,
 )
 
+from . import _programs
+from ._programs import free_port, stop_process
 from .conftest import HOST, RESOURCE, echo_handler
 
 USER, PASSWORD = "alice", "s3cr:t p@ss"  # characters that must be percent-encoded in a URL
@@ -65,25 +66,12 @@ STARTUP_TIMEOUT = 10.0  # seconds for a proxy program to accept connections
 # --- the proxy programs -------------------------------------------------------------
 
 
+PROXIES_INSTALL = "apt-get install -y tinyproxy-bin microsocks dante-server"
+
+
 def find_program(name: str) -> str:
-    """The path of ``name`` (also looked for in /usr/sbin), or skip the test (fail it in CI)."""
-    path = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
-    if path is None:
-        message = (
-            f"{name} not found: install the proxies with "
-            "`apt-get install -y tinyproxy-bin microsocks dante-server` (as .ci/run does)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and the proxy tests need {name}. {message}", pytrace=False)
-        pytest.skip(message)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A proxy program's path (see tests/_programs.py)."""
+    return _programs.find_program(name, PROXIES_INSTALL)
 
 
 class ProxyProcess:
@@ -118,12 +106,7 @@ class ProxyProcess:
         return self.log.read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="module")

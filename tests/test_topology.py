@@ -12,9 +12,7 @@ are skipped with the command that installs it.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,20 +38,14 @@ from trio_ws import (
     serve_websocket,
 )
 
+from ._programs import find_program, free_port, stop_process
 from .conftest import HOST
-from .test_proxy import free_port
 
 STARTUP_TIMEOUT = 10.0  # seconds for HAProxy to accept connections
 
 
 def find_haproxy() -> str:
-    path = shutil.which("haproxy", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
-    if path is None:
-        message = "haproxy not found: install it with `apt-get install -y haproxy` (as .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and the topology tests need haproxy. {message}", pytrace=False)
-        pytest.skip(message)
-    return path
+    return find_program("haproxy", "apt-get install -y haproxy")
 
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -108,12 +100,7 @@ class HAProxy:
         return self.log.read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass(eq=False)
