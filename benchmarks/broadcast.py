@@ -65,6 +65,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from _procs import stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
 HOST = "127.0.0.1"  # loopback only, on purpose
@@ -575,21 +577,7 @@ class Child:
         return answer
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+        stop_child(self.proc, 10)
 
 
 class RssSampler:

@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _procs import stop_child  # benchmarks/_procs.py (this directory is on sys.path)
 
 import trio_ws
 from trio_ws import CloseReason, ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
@@ -455,21 +456,7 @@ class Peer:
 
     def stop(self) -> None:
         """Make sure this process (and only it) is gone: EOF on stdin, then SIGTERM, then SIGKILL."""
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+        stop_child(self.proc, 5)
 
 
 class Sampler:
