@@ -55,6 +55,8 @@ Pieces = Iterable[str] | Iterable[bytes | bytearray | memoryview] | AsyncIterabl
 
 
 class _Default(enum.Enum):
+    """``max_size``'s default: the connection's max_message_size (None there means no limit)."""
+
     DEFAULT = "default"
 
 

@@ -40,7 +40,7 @@ to find its Close frame, and dropped.
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._deflate import PerMessageDeflate
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError, set_was_clean
@@ -157,8 +157,14 @@ class State(enum.Enum):
     ABORTED = ("the transport ended, or was given up, before the closing handshake", False, False, False, True)
 
     # Identity is equality for these: hash in C, not through Enum's Python __hash__
-    # (the transition table is looked up on every change of state).
-    __hash__ = object.__hash__
+    # (the transition table is looked up on every change of state). Type checkers see
+    # a method's signature: an assigned attribute's type is ambiguous to them.
+    if TYPE_CHECKING:
+
+        def __hash__(self) -> int: ...
+
+    else:
+        __hash__ = object.__hash__
 
     def __init__(self, meaning: str, reading: bool, can_send: bool, delivering: bool, over: bool) -> None:
         self.meaning = meaning
@@ -240,7 +246,7 @@ class Protocol:
         self._deflate = (
             PerMessageDeflate(client=client, max_message_size=max_message_size) if compression is not None else None
         )
-        self.state = State.CONNECTING
+        self.state: State = State.CONNECTING
         #: Why the connection is closing or closed: the first reason wins.
         self.close_reason: CloseReason | None = None
         #: What the opening handshake failed with (for the caller to raise), else None.
@@ -250,7 +256,7 @@ class Protocol:
         self.outgoing: list[bytes] = []
         #: Bytes of automatic Pongs in ``outgoing`` (zero once data_to_send() takes them):
         #: a reader that lets another task write them can bound what it owes.
-        self.replies_queued = 0
+        self.replies_queued: int = 0
         # From the 101 on: the frame reader and the message assembler.
         self._reader: FrameReader | None = None
         self._assembler: MessageAssembler | None = None
@@ -259,8 +265,8 @@ class Protocol:
         # (_SENDING, and _SENDING_COMPRESSED when it is compressed).
         self._sending = 0
         #: Complete messages sent and received (statistics).
-        self.messages_sent = 0
-        self.messages_received = 0
+        self.messages_sent: int = 0
+        self.messages_received: int = 0
         self._budget = _FRAMES_PER_STEP
 
     # --- what the caller reads -------------------------------------------------------------

@@ -118,6 +118,7 @@ class Subscription(trio.abc.ReceiveChannel[Message]):
         return self._dropped
 
     def statistics(self) -> SubscriptionStatistics:
+        """The topic, the backlog and its bound, and the messages received and dropped so far."""
         backlog = self._receive.statistics().current_buffer_used
         return SubscriptionStatistics(self._topic, backlog, self._max_backlog, self._received, self._dropped)
 

@@ -315,7 +315,7 @@ class WorkerPool:
         self._killed: list[int] = []  # pids killed by kill() or at the end of the grace period
         self.host = host
         self.port = port
-        self.url = Endpoint(host, port, spec.tls is not None).url
+        self.url: str = Endpoint(host, port, spec.tls is not None).url
 
     @property
     def state(self) -> PoolState:
