@@ -148,7 +148,7 @@ async def test_negotiation_over_the_network(nursery: trio.Nursery, client: bool,
 
 
 async def test_compression_argument_is_checked() -> None:
-    with pytest.raises(ValueError, match='compression must be None, "deflate" or a trio_ws.Deflate'):
+    with pytest.raises(ValueError, match=r'compression must be None, "deflate" or a trio_ws\.Deflate'):
         async with websocket_pair(compression="gzip"):
             pytest.fail("must not open")  # pragma: no cover
 
