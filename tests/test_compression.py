@@ -41,7 +41,7 @@ def compress(data: bytes, bits: int = 15) -> bytes:
     ("offer", "response"),
     [
         ("permessage-deflate", ""),
-        (BROWSER_OFFER, "client_max_window_bits=12"),  # the default receive_window_bits
+        (BROWSER_OFFER, "client_max_window_bits=13"),  # the default receive_window_bits
         ("permessage-deflate; client_max_window_bits=10", "client_max_window_bits=10"),
         ("permessage-deflate; server_no_context_takeover", "server_no_context_takeover"),
         ("permessage-deflate; client_no_context_takeover", "client_no_context_takeover"),
@@ -49,7 +49,7 @@ def compress(data: bytes, bits: int = 15) -> bytes:
         ('permessage-deflate; server_max_window_bits="12"', "server_max_window_bits=12"),
         (
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15",
-            "server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12",
+            "server_no_context_takeover; client_no_context_takeover; server_max_window_bits=13",
         ),
     ],
 )
@@ -92,7 +92,7 @@ def test_server_takes_the_first_acceptable_offer_only() -> None:
 def test_client_offer_and_responses() -> None:
     extension = PerMessageDeflate(client=True, max_message_size=2**20)
     assert extension.offers() == [
-        "permessage-deflate; server_max_window_bits=12; client_max_window_bits",
+        "permessage-deflate; server_max_window_bits=13; client_max_window_bits",
         "permessage-deflate; client_max_window_bits",
     ]
     extension.finalize("permessage-deflate; client_max_window_bits=10; server_no_context_takeover")
@@ -142,7 +142,7 @@ async def test_negotiation_over_the_network(nursery: trio.Nursery, client: bool,
     ) as ws:
         await ws.send_message("x" * 1000)
         assert await ws.get_message() == "x" * 1000
-        agreement = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+        agreement = "permessage-deflate; server_max_window_bits=13; client_max_window_bits=13"
         assert ws.extensions == (agreement if agreed else "")
     assert seen == [ws.extensions]
 
@@ -211,7 +211,7 @@ async def test_pair_round_trips() -> None:
         client,
         server,
     ):
-        agreement = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+        agreement = "permessage-deflate; server_max_window_bits=13; client_max_window_bits=13"
         assert client.extensions == server.extensions == agreement
         for message in MESSAGES:
             await client.send_message(message)

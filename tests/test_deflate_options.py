@@ -71,14 +71,14 @@ async def test_compression_takes_a_deflate_object() -> None:
 @pytest.mark.parametrize(
     ("options", "offer", "response", "send_bits", "receive_bits"),
     [
-        (Deflate(), "permessage-deflate", "", 12, 15),  # no client_max_window_bits: cannot limit it
-        (Deflate(), BROWSER_OFFER, "client_max_window_bits=12", 12, 12),
-        (Deflate(receive_window_bits=15), BROWSER_OFFER, "", 12, 15),
+        (Deflate(), "permessage-deflate", "", 13, 15),  # no client_max_window_bits: cannot limit it
+        (Deflate(), BROWSER_OFFER, "client_max_window_bits=13", 13, 13),
+        (Deflate(receive_window_bits=15), BROWSER_OFFER, "", 13, 15),
         (
             Deflate(receive_window_bits=14),
             "permessage-deflate; client_max_window_bits=10",
             "client_max_window_bits=10",
-            12,
+            13,
             10,
         ),
         (
@@ -95,8 +95,8 @@ async def test_compression_takes_a_deflate_object() -> None:
             9,
             15,
         ),
-        (Deflate(send_context_takeover=False), "permessage-deflate", "server_no_context_takeover", 12, 15),
-        (Deflate(receive_context_takeover=False), "permessage-deflate", "client_no_context_takeover", 12, 15),
+        (Deflate(send_context_takeover=False), "permessage-deflate", "server_no_context_takeover", 13, 15),
+        (Deflate(receive_context_takeover=False), "permessage-deflate", "client_no_context_takeover", 13, 15),
     ],
 )
 def test_server_negotiation(options: Deflate, offer: str, response: str, send_bits: int, receive_bits: int) -> None:
@@ -114,7 +114,7 @@ def test_server_negotiation(options: Deflate, offer: str, response: str, send_bi
         (
             Deflate(),
             [
-                "permessage-deflate; server_max_window_bits=12; client_max_window_bits",
+                "permessage-deflate; server_max_window_bits=13; client_max_window_bits",
                 "permessage-deflate; client_max_window_bits",
             ],
         ),
@@ -132,13 +132,13 @@ def test_client_offers(options: Deflate, offers: list[str]) -> None:
 @pytest.mark.parametrize(
     ("options", "response", "send", "receive"),
     [
-        (Deflate(), "permessage-deflate", (12, False), (15, False)),
+        (Deflate(), "permessage-deflate", (13, False), (15, False)),
         (Deflate(), "permessage-deflate; client_max_window_bits=10", (10, False), (15, False)),
         (Deflate(send_window_bits=9), "permessage-deflate; client_max_window_bits=10", (9, False), (15, False)),
-        (Deflate(), "permessage-deflate; server_max_window_bits=9", (12, False), (9, False)),
-        (Deflate(), "permessage-deflate; server_no_context_takeover", (12, False), (15, True)),
-        (Deflate(), "permessage-deflate; client_no_context_takeover", (12, True), (15, False)),
-        (Deflate(send_context_takeover=False), "permessage-deflate", (12, True), (15, False)),
+        (Deflate(), "permessage-deflate; server_max_window_bits=9", (13, False), (9, False)),
+        (Deflate(), "permessage-deflate; server_no_context_takeover", (13, False), (15, True)),
+        (Deflate(), "permessage-deflate; client_no_context_takeover", (13, True), (15, False)),
+        (Deflate(send_context_takeover=False), "permessage-deflate", (13, True), (15, False)),
     ],
 )
 def test_client_adopts_the_response(

@@ -93,10 +93,10 @@ class Deflate:
     :raises ValueError: a setting out of range, or not an int (a bool for the last two).
     """
 
-    send_window_bits: int = 12
-    receive_window_bits: int = 12
+    send_window_bits: int = 13
+    receive_window_bits: int = 13
     level: int = 6
-    mem_level: int = 8
+    mem_level: int = 5
     send_context_takeover: bool = True
     receive_context_takeover: bool = True
 
