@@ -25,6 +25,7 @@ from trio_ws._frames import frame
 from trio_ws.testing import websocket_pair
 
 from .conftest import HOST
+from .test_router import doc_examples, run_doc_example
 
 BROWSER_OFFER = "permessage-deflate; client_max_window_bits"
 JSON = b'{"type": "update", "user": {"name": "alice", "score": 12}, "items": [1, 2, 3]}' * 4
@@ -381,3 +382,11 @@ def test_wsproto_decodes_what_we_send(messages: list[bytes | str], bits: int) ->
         events = list(peer.events())
         assert [type(event) for event in events] == [TextMessage if isinstance(message, str) else BytesMessage]
         assert events[0].data == message
+
+
+# --- the examples of docs/compression.md, as written ------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "expected"), doc_examples("compression.md"))
+def test_the_examples_of_compression_md(monkeypatch: pytest.MonkeyPatch, code: str, expected: str | None) -> None:
+    run_doc_example(monkeypatch, "compression.md", code, expected)
