@@ -277,21 +277,29 @@ async def client_child(impl: str, port: int, payload: str, seconds: float) -> di
             )
             send, receive = conn.send_message, conn.get_message
         window = trio.Semaphore(64)
+        # One token per message sent, and one at the end: the receiver waits for an echo
+        # only when one is due (checking "is the sender done?" first would race).
+        pending = trio.Semaphore(0)
         sent = received = 0
         stop = time.perf_counter() + seconds
-        done = trio.Event()
+        done = False
 
         async def sender() -> None:
-            nonlocal sent
+            nonlocal sent, done
             while time.perf_counter() < stop:
                 await window.acquire()
                 await send(messages[sent % len(messages)])
                 sent += 1
-            done.set()
+                pending.release()
+            done = True
+            pending.release()
 
         start = time.perf_counter()
         nursery.start_soon(sender)
-        while not (done.is_set() and received == sent):
+        while True:
+            await pending.acquire()
+            if done and received == sent:
+                break
             data = await receive()
             assert data == messages[received % len(messages)]
             received += 1
