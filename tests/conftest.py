@@ -360,6 +360,7 @@ class RawClient:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buffer = b""
+        self.rsv = 0  # the RSV bits of the last frame receive_frame() returned
 
     async def receive_until(self, marker: bytes) -> bytes:
         while marker not in self.buffer:
@@ -391,6 +392,7 @@ class RawClient:
                 offset += len(key)
                 if len(self.buffer) >= offset + length:
                     opcode = self.buffer[0] & 0x0F
+                    self.rsv = self.buffer[0] & 0x70
                     payload = self.buffer[offset : offset + length]
                     if masked:
                         payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))

@@ -41,15 +41,15 @@ def compress(data: bytes, bits: int = 15) -> bytes:
     ("offer", "response"),
     [
         ("permessage-deflate", ""),
-        (BROWSER_OFFER, ""),
-        ("permessage-deflate; client_max_window_bits=10", ""),
+        (BROWSER_OFFER, "client_max_window_bits=13"),  # the default receive_window_bits
+        ("permessage-deflate; client_max_window_bits=10", "client_max_window_bits=10"),
         ("permessage-deflate; server_no_context_takeover", "server_no_context_takeover"),
         ("permessage-deflate; client_no_context_takeover", "client_no_context_takeover"),
         ("permessage-deflate; server_max_window_bits=9", "server_max_window_bits=9"),
         ('permessage-deflate; server_max_window_bits="12"', "server_max_window_bits=12"),
         (
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15",
-            "server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15",
+            "server_no_context_takeover; client_no_context_takeover; server_max_window_bits=13",
         ),
     ],
 )
@@ -91,7 +91,10 @@ def test_server_takes_the_first_acceptable_offer_only() -> None:
 
 def test_client_offer_and_responses() -> None:
     extension = PerMessageDeflate(client=True, max_message_size=2**20)
-    assert extension.offer() == "client_max_window_bits"
+    assert extension.offers() == [
+        "permessage-deflate; server_max_window_bits=13; client_max_window_bits",
+        "permessage-deflate; client_max_window_bits",
+    ]
     extension.finalize("permessage-deflate; client_max_window_bits=10; server_no_context_takeover")
     assert extension.enabled()
     assert extension.header == "permessage-deflate; client_max_window_bits=10; server_no_context_takeover"
@@ -139,12 +142,13 @@ async def test_negotiation_over_the_network(nursery: trio.Nursery, client: bool,
     ) as ws:
         await ws.send_message("x" * 1000)
         assert await ws.get_message() == "x" * 1000
-        assert ws.extensions == ("permessage-deflate" if agreed else "")
+        agreement = "permessage-deflate; server_max_window_bits=13; client_max_window_bits=13"
+        assert ws.extensions == (agreement if agreed else "")
     assert seen == [ws.extensions]
 
 
 async def test_compression_argument_is_checked() -> None:
-    with pytest.raises(ValueError, match='compression must be None or "deflate"'):
+    with pytest.raises(ValueError, match=r'compression must be None, "deflate" or a trio_ws\.Deflate'):
         async with websocket_pair(compression="gzip"):
             pytest.fail("must not open")  # pragma: no cover
 
@@ -195,6 +199,10 @@ async def test_round_trips_with_each_agreement(nursery: trio.Nursery, offer: str
             if "server_no_context_takeover" in offer:
                 inflater = zlib.decompressobj(-15)
             assert opcode == 0x2
+            if not message:  # nothing is smaller than nothing: sent uncompressed
+                assert (client.rsv, payload) == (0, b"")
+                continue
+            assert client.rsv == 0x40
             assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
 
 
@@ -203,7 +211,8 @@ async def test_pair_round_trips() -> None:
         client,
         server,
     ):
-        assert client.extensions == server.extensions == "permessage-deflate"
+        agreement = "permessage-deflate; server_max_window_bits=13; client_max_window_bits=13"
+        assert client.extensions == server.extensions == agreement
         for message in MESSAGES:
             await client.send_message(message)
             assert await server.get_message() == message
@@ -326,19 +335,19 @@ async def test_uncompressed_frames_still_pass_when_negotiated(nursery: trio.Nurs
     async with client.stream:
         await client.stream.send_all(frame(0x1, b"plain", rsv=0))
         opcode, payload = await client.receive_frame()
-    assert opcode == 0x1
-    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == b"plain"
+    # The echo goes uncompressed too: deflate would not make five bytes smaller.
+    assert (opcode, client.rsv, payload) == (0x1, 0, b"plain")
 
 
 async def test_a_ping_between_compressed_fragments(nursery: trio.Nursery) -> None:
     server = await start_server(nursery, echo_handler, compression="deflate")
     client = await deflate_client(server.port)
     async with client.stream:
-        deflated = compress(b"fragmented and compressed")
+        deflated = compress(b"fragmented and compressed " * 4)
         await client.stream.send_all(
             frame(0x1, deflated[:5], rsv=4, fin=False) + frame(0x9, b"in between") + frame(0x0, deflated[5:])
         )
         assert await client.receive_frame() == (0xA, b"in between")
         opcode, payload = await client.receive_frame()
-    assert opcode == 0x1
-    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == b"fragmented and compressed"
+    assert (opcode, client.rsv) == (0x1, 0x40)
+    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == b"fragmented and compressed " * 4

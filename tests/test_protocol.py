@@ -1040,19 +1040,24 @@ def test_a_flood_of_tiny_fragments_yields_every_few_hundred_frames(role: Role) -
 def test_7692_deflate_negotiated_and_used_both_ways() -> None:
     client, server = make_client(compression="deflate"), make_server(compression="deflate")
     request = client.data_to_send()
-    assert b"sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n" in request
+    assert (
+        b"sec-websocket-extensions: permessage-deflate; server_max_window_bits=13; client_max_window_bits, "
+        b"permessage-deflate; client_max_window_bits\r\n"
+    ) in request
     feed(server, request)
     server.accept(None, None)
     response = server.data_to_send()
-    assert b"Sec-WebSocket-Extensions: permessage-deflate\r\n" in response
+    agreed = "permessage-deflate; server_max_window_bits=13; client_max_window_bits=13"
+    assert f"Sec-WebSocket-Extensions: {agreed}\r\n".encode() in response
     feed(client, response)
-    assert client.extensions == server.extensions == "permessage-deflate"
+    assert client.extensions == server.extensions == agreed
     text = "compress me, compress me, compress me \u00e9" * 20
     for sender, receiver in ((client, server), (server, client)):
         for message in (text, text.encode(), "", b"", "again " + text):
             payload = message.encode() if isinstance(message, str) else message
             data = sender.send_data(TEXT if isinstance(message, str) else BINARY, payload)
-            assert data[0] & 0x40  # RSV1: compressed
+            # RSV1: compressed (an empty message goes as it is: nothing is smaller)
+            assert bool(data[0] & 0x40) == bool(payload)
             if len(payload) > 100:
                 assert len(data) < len(payload) // 2
             assert feed(receiver, data) == [(MESSAGE, message)]

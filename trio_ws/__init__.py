@@ -13,6 +13,7 @@ from ._client import (
     wrap_client_stream,
 )
 from ._connection import ConnectionState, ConnectionStatistics, MessageFragments, WebSocketConnection
+from ._deflate import Deflate
 from ._endpoint import Endpoint
 from ._errors import (
     CloseReason,
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectionState",
     "ConnectionStatistics",
     "ConnectionTimeout",
+    "Deflate",
     "DisconnectionTimeout",
     "Endpoint",
     "HTTPRequest",

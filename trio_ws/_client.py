@@ -14,6 +14,7 @@ import trio
 from wsproto import ConnectionType
 
 from ._connection import WebSocketConnection
+from ._deflate import Deflate
 from ._errors import ConnectionRejected, ConnectionTimeout, DisconnectionTimeout, HandshakeError, reraise
 from ._handshake import caller_headers
 from ._log import Logger
@@ -283,7 +284,7 @@ async def connect_websocket(
     max_message_size: int = MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
@@ -383,7 +384,7 @@ async def connect_websocket_url(
     max_message_size: int = MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
@@ -446,7 +447,7 @@ async def wrap_client_stream(
     max_message_size: int = MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = RECEIVE_BYTES,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
@@ -567,7 +568,7 @@ async def open_websocket(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
@@ -646,7 +647,7 @@ def open_websocket_url(
     max_message_size: int = MAX_MESSAGE_SIZE,
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,

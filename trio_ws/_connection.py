@@ -18,6 +18,7 @@ from typing import Generic, Literal, TypeVar, overload
 import trio
 from wsproto import ConnectionType, WSConnection
 
+from ._deflate import Deflate
 from ._endpoint import Endpoint
 from ._engine import Engine, PendingPing
 from ._errors import CloseReason, ConnectionClosed
@@ -132,7 +133,7 @@ class WebSocketConnection(Engine, trio.abc.Channel["str | bytes"]):
         max_message_size: int = MAX_MESSAGE_SIZE,
         receive_buffer_size: int | None = RECEIVE_BYTES,
         disconnect_timeout: float = CONN_TIMEOUT,
-        compression: str | None = None,
+        compression: str | Deflate | None = None,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         write_limit: int = WRITE_LIMIT,

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ._deflate import Deflate, to_deflate
 from ._version import __version__
 
 __all__ = [
@@ -51,7 +52,7 @@ class Options:
     receive_buffer_size: int | None = RECEIVE_BYTES
     connect_timeout: float = CONN_TIMEOUT
     disconnect_timeout: float = CONN_TIMEOUT
-    compression: str | None = None
+    compression: str | Deflate | None = None  # None, "deflate" (Deflate()'s defaults) or a Deflate
     ping_interval: float | None = None
     ping_timeout: float | None = None
     write_limit: int = WRITE_LIMIT
@@ -71,8 +72,7 @@ class Options:
         for name in ("connect_timeout", "disconnect_timeout"):
             if not _is_number(getattr(self, name)):
                 raise ValueError(f"{name} must be a number of seconds, not {getattr(self, name)!r}")
-        if self.compression not in (None, "deflate"):
-            raise ValueError(f'compression must be None or "deflate", not {self.compression!r}')
+        to_deflate(self.compression)  # raises ValueError for anything else
         limit = self.write_limit
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise ValueError(f"write_limit must be a number of bytes >= 0, not {limit!r}")

@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Final
 
-from ._deflate import PerMessageDeflate
+from ._deflate import Deflate, PerMessageDeflate, to_deflate
 from ._errors import CloseReason, ConnectionClosed, ConnectionRejected, HandshakeError, set_was_clean
 from ._frames import (
     BINARY,
@@ -238,13 +238,16 @@ class Protocol:
         "state",
     )
 
-    def __init__(self, *, client: bool, max_message_size: int, compression: str | None) -> None:
+    def __init__(self, *, client: bool, max_message_size: int, compression: str | Deflate | None) -> None:
         self._client = client
         self._max_message_size = max_message_size
         # permessage-deflate, when asked for: offered (client) or accepted if
         # offered (server); enabled() once agreed.
+        options = to_deflate(compression)
         self._deflate = (
-            PerMessageDeflate(client=client, max_message_size=max_message_size) if compression is not None else None
+            PerMessageDeflate(client=client, max_message_size=max_message_size, options=options)
+            if options is not None
+            else None
         )
         self.state: State = State.CONNECTING
         #: Why the connection is closing or closed: the first reason wins.
@@ -329,23 +332,32 @@ class Protocol:
         if not self.state.can_send or self._sending:
             raise ConnectionClosed(self.close_reason)
         deflate = self._deflate
-        compressed = deflate is not None and compress and deflate.enabled()
-        if self._client:
-            payload = deflate.deflate(payload) if compressed else payload  # type: ignore[union-attr]
-            data = frame(opcode, payload, mask=True, rsv1=compressed)
-        elif not compressed:
-            data = frames.get(None) or frames.setdefault(None, frame(opcode, payload, mask=False))
+        if deflate is None or not compress or not deflate.enabled():
+            key: object = None
         else:
-            assert deflate is not None
             key = deflate.shareable_key()
-            if key is None:  # context takeover: this connection's own compressor
-                data = frame(opcode, deflate.deflate(payload), mask=False, rsv1=True)
-            else:
-                data = frames.get(key) or frames.setdefault(
-                    key, frame(opcode, deflate.deflate(payload), mask=False, rsv1=True)
-                )
+            if key is None:  # context takeover (or a client): this connection's own compressor
+                compressed = deflate.deflate(payload)
+                if compressed is not None:
+                    data = frame(opcode, compressed, mask=self._client, rsv1=True)
+                    self.outgoing.append(data)
+                    self.messages_sent += 1
+                    return
+                # (sent uncompressed: it would not get smaller)
+        if self._client:
+            data = frame(opcode, payload, mask=True)
+        else:
+            data = frames.get(key) or frames.setdefault(key, self._shared_frame(key, opcode, payload, frames))
         self.outgoing.append(data)
         self.messages_sent += 1
+
+    def _shared_frame(self, key: object, opcode: int, payload: bytes, frames: dict[object, bytes]) -> bytes:
+        """The frame every server connection under ``key`` sends (``None``: uncompressed)."""
+        deflate = self._deflate
+        compressed = deflate.deflate(payload) if key is not None and deflate is not None else None
+        if compressed is None:  # the same for every connection under ``key``: it depends on the bytes only
+            return frames.get(None) or frames.setdefault(None, frame(opcode, payload, mask=False))
+        return frame(opcode, compressed, mask=False, rsv1=True)
 
     def data_to_send(self) -> bytes:
         """The bytes queued so far (automatic replies, handshake answers); they are now the caller's."""
@@ -470,9 +482,10 @@ class Protocol:
         if not self.state.can_send:
             raise ConnectionClosed(self.close_reason)
         deflate = self._deflate
-        if deflate is not None and compress and deflate.enabled():
-            data = frame(opcode, deflate.deflate(payload), mask=self._client, rsv1=True)
-        else:
+        compressed = deflate.deflate(payload) if deflate is not None and compress and deflate.enabled() else None
+        if compressed is not None:
+            data = frame(opcode, compressed, mask=self._client, rsv1=True)
+        else:  # (no deflate, not wanted, or the message would not get smaller)
             data = frame(opcode, payload, mask=self._client)
         self.messages_sent += 1
         if self.outgoing:
@@ -498,7 +511,7 @@ class Protocol:
             opcode = CONTINUATION
         if self._sending & _SENDING_COMPRESSED:
             assert deflate is not None
-            payload = deflate.deflate(payload, last)
+            payload = deflate.deflate_piece(payload, last)
         data = frame(
             opcode, payload, mask=self._client, rsv1=first and self._sending & _SENDING_COMPRESSED != 0, fin=last
         )
@@ -550,6 +563,8 @@ class Protocol:
         """The transport is closed: the end, whatever the state.  ``was_clean`` is settled here."""
         if not self.state.over:
             self._ended("the connection closed")
+        if self._deflate is not None:
+            self._deflate.close()  # its zlib objects and histories go now, not with the connection
         assert self.close_reason is not None
         if self.state is State.CLOSED:
             set_was_clean(self.close_reason)
@@ -600,7 +615,9 @@ class ServerProtocol(Protocol):
 
     __slots__ = ("_handshake", "_server_header", "request", "subprotocol")
 
-    def __init__(self, *, max_message_size: int, compression: str | None, server_header: str | None = None) -> None:
+    def __init__(
+        self, *, max_message_size: int, compression: str | Deflate | None, server_header: str | None = None
+    ) -> None:
         super().__init__(client=False, max_message_size=max_message_size, compression=compression)
         self._handshake: ServerHandshake | None = ServerHandshake()
         self._server_header = server_header  # of every HTTP answer (None: none); shared, not copied
@@ -712,10 +729,10 @@ class ClientProtocol(Protocol):
         subprotocols: list[str],
         extra_headers: Headers,
         max_message_size: int,
-        compression: str | None,
+        compression: str | Deflate | None,
     ) -> None:
         super().__init__(client=True, max_message_size=max_message_size, compression=compression)
-        offers = [f"{self._deflate.name}; {self._deflate.offer()}"] if self._deflate is not None else []
+        offers = self._deflate.offers() if self._deflate is not None else []
         self._handshake: ClientHandshake | None = ClientHandshake(host, target, subprotocols, offers, extra_headers)
         self.outgoing.append(self._handshake.request_bytes())
         self.host = host  # what the Host header says

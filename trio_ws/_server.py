@@ -14,6 +14,7 @@ import trio
 from wsproto import ConnectionType
 
 from ._connection import ConnectionState, WebSocketConnection
+from ._deflate import Deflate
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
 from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
@@ -193,7 +194,7 @@ async def wrap_server_stream(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     *,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
@@ -396,7 +397,7 @@ class WebSocketServer:
         receive_buffer_size: int | None = RECEIVE_BYTES,
         connect_timeout: float = CONN_TIMEOUT,
         disconnect_timeout: float = CONN_TIMEOUT,
-        compression: str | None = None,
+        compression: str | Deflate | None = None,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         write_limit: int = WRITE_LIMIT,
@@ -653,7 +654,7 @@ async def serve_websocket(
     receive_buffer_size: int | None = RECEIVE_BYTES,
     connect_timeout: float = CONN_TIMEOUT,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,

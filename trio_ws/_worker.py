@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from ._deflate import Deflate
 from ._router import Router
 from ._server import WebSocketServer
 from ._workers import LOG_FORMAT, WorkerLogFilter
@@ -98,6 +99,8 @@ async def _serve_handler(
     if http_handler is None and isinstance(handler, Router):
         http_handler = handler.handle_http
     options = dict(config["server"])
+    if isinstance(options["compression"], dict):  # a Deflate, sent as JSON
+        options["compression"] = Deflate(**options["compression"]["deflate"])
     server = WebSocketServer(handler, [listener], http_handler=http_handler, **options)
     await server.run(task_status=task_status)
 

@@ -24,6 +24,7 @@ trio code around it spawns, signals and waits.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -39,6 +40,7 @@ from typing import Any
 
 import trio
 
+from ._deflate import Deflate
 from ._endpoint import Endpoint
 from ._options import (
     CONN_TIMEOUT,
@@ -535,7 +537,7 @@ async def run_workers(
     workers: int | None = None,
     tls: tuple[str, str] | None = None,
     http_handler: object = None,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     message_queue_size: int = MESSAGE_QUEUE_SIZE,
     max_message_size: int = MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = RECEIVE_BYTES,
@@ -644,6 +646,8 @@ def _server_options(**options: Any) -> dict[str, Any]:
         raise ValueError("message_queue_size=inf cannot be given to workers")
     options["origins"] = list(origins) if origins is not None else None
     options["max_connections"] = max_connections
+    if isinstance(options["compression"], Deflate):  # as JSON: the worker makes it again
+        options["compression"] = {"deflate": dataclasses.asdict(options["compression"])}
     return options
 
 

@@ -39,6 +39,7 @@ from wsproto import ConnectionType
 
 from ._client import _handshake, _owned_connection, _request, open_websocket_url
 from ._connection import WebSocketConnection
+from ._deflate import Deflate
 from ._errors import CloseReason, ConnectionClosed, HandshakeError
 from ._handshake import UpgradeRequest
 from ._log import Logger
@@ -77,7 +78,7 @@ async def websocket_pair(
     message_queue_size: int = MESSAGE_QUEUE_SIZE,
     max_message_size: int = MAX_MESSAGE_SIZE,
     disconnect_timeout: float = CONN_TIMEOUT,
-    compression: str | None = None,
+    compression: str | Deflate | None = None,
     ping_interval: float | None = None,
     ping_timeout: float | None = None,
     write_limit: int = WRITE_LIMIT,
