@@ -21,6 +21,7 @@ from .test_router import DOCS, doc_examples, run_doc_example
 RUN_ELSEWHERE = {
     "authentication.md": "tests/test_auth.py",
     "broadcast.md": "tests/test_broadcast.py",
+    "compression.md": "tests/test_deflate_options.py",
     "pubsub.md": "tests/test_pubsub.py",
     "routing.md": "tests/test_router.py",
     "testing.md": "tests/test_testing_kit.py",
@@ -33,7 +34,6 @@ RUN_ELSEWHERE = {
 NOT_YET_RUN = {
     "cancellation.md": 0,
     "client.md": 4,
-    "compression.md": 1,
     "http.md": 2,
     "logging.md": 2,
     "messages.md": 5,
