@@ -33,7 +33,6 @@ RUN_ELSEWHERE = {
 NOT_YET_RUN = {
     "cancellation.md": 0,
     "compression.md": 1,
-    "migrating.md": 10,
     "proxies.md": 0,
     "reconnect.md": 10,
 }
