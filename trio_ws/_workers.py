@@ -498,7 +498,9 @@ class WorkerPool:
                         self._started.set()
                 elif message["event"] == "error":
                     self._fail(worker, message["message"])
-                    if self._table.state is not PoolState.STARTING:
+                    # A restart that fails while the pool runs is news; while it starts (or is
+                    # stopping because a start failed), the WorkerError raised says it already.
+                    if self._table.state is PoolState.RUNNING:
                         LOGGER.error(
                             "worker %d could not start: %s", worker, message["message"], extra={"worker": worker}
                         )
