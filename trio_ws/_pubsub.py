@@ -133,7 +133,10 @@ class Subscription(trio.abc.ReceiveChannel[Message]):
         return await self._receive.receive()
 
     async def aclose(self) -> None:
-        """Stop taking messages (the subscription ends when its ``async with`` block does)."""
+        """Stop taking messages (the subscription ends when its ``async with`` block does).
+
+        Never blocks; as every trio ``aclose()``, it is a checkpoint, and if it is
+        cancelled the subscription is closed all the same."""
         await self._receive.aclose()
 
     def __repr__(self) -> str:
@@ -418,6 +421,11 @@ async def open_pubsub(
     path, ends every subscription (their readers take what is queued, then
     see the end), stops those tasks and closes the connections.  An exception
     from the body leaves the block as itself, never inside an ExceptionGroup.
+
+    Cancellation: cancelled while entering (connecting to Redis), nothing is
+    left open and the block's body does not run; a block left by cancellation
+    closes the bus as any other exit does, and the ``Cancelled`` leaves it as
+    itself.
 
     :param max_backlog: the default bound of a subscription's queue (see :meth:`PubSub.subscribe`).
     :param backoff: the waits between attempts to reach Redis again.

@@ -32,6 +32,7 @@ by ``disconnect_timeout``.  Nothing of the loop runs after the ``async with``.
 from __future__ import annotations
 
 import email.utils
+import enum
 import logging
 import math
 import random
@@ -254,6 +255,14 @@ class _Slot:
     finished: trio.Event = field(default_factory=trio.Event)
 
 
+class _Phase(enum.Enum):
+    """Where a Reconnector is: its ``async with`` not entered yet, running, or over."""
+
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 class Reconnector:
     """What :func:`reconnecting_websocket_url` returns: enter it, then iterate it.
 
@@ -284,7 +293,7 @@ class Reconnector:
         # For the log: no user name, password or query (they may hold secrets).
         path = parsed.resource.partition("?")[0]
         self._where = f"{'wss' if parsed.secure else 'ws'}://{parsed.host_header}{path}"
-        self._state = "new"  # then "open", then "closed"
+        self._state = _Phase.NEW  # then OPEN, then CLOSED
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
         self._slot: _Slot | None = None
@@ -297,23 +306,29 @@ class Reconnector:
         return self._slot.ws if self._slot is not None else None
 
     def __repr__(self) -> str:
-        return f"<Reconnector {self._where} {self._state}>"
+        return f"<Reconnector {self._where} {self._state.value}>"
 
     # --- the async with ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Reconnector:
-        if self._state != "new":
+        """Open the nursery the connections live in (no connection yet: the first ``async for``
+        step connects).  A checkpoint; cancelled, it leaves nothing open."""
+        if self._state is not _Phase.NEW:
             raise RuntimeError("a reconnecting_websocket_url() object can be entered only once")
         manager = trio.open_nursery()
         self._nursery = await manager.__aenter__()
         self._nursery_manager = manager
-        self._state = "open"
+        self._state = _Phase.OPEN
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:  # never suppresses: the body's exception leaves the block as itself
-        self._state = "closed"
+        """Close the current connection (its closing handshake, bounded by
+        ``disconnect_timeout``) and wait for it.  If the block is left by
+        cancellation, the close still runs (shielded, and bounded) and the
+        ``Cancelled`` leaves the block as itself."""
+        self._state = _Phase.CLOSED
         slot, self._slot = self._slot, None
         if slot is not None:
             slot.release.set()  # its owner closes it; the nursery waits for that
@@ -335,15 +350,15 @@ class Reconnector:
     # --- the async for -----------------------------------------------------------------------
 
     def __aiter__(self) -> Reconnector:
-        if self._state == "new":
+        if self._state is _Phase.NEW:
             raise TypeError(_NOT_ENTERED)
-        if self._state == "closed":
+        if self._state is _Phase.CLOSED:
             raise RuntimeError("this reconnecting_websocket_url() block has ended; make a new one")
         return self
 
     async def __anext__(self) -> WebSocketConnection:
-        if self._state != "open":
-            raise TypeError(_NOT_ENTERED) if self._state == "new" else RuntimeError("the block has ended")
+        if self._state is not _Phase.OPEN:
+            raise TypeError(_NOT_ENTERED) if self._state is _Phase.NEW else RuntimeError("the block has ended")
         if self._busy:
             raise RuntimeError("another task is already waiting for the next connection")
         self._busy = True
