@@ -11,9 +11,13 @@ what it prints is compared with the untagged block that follows it, as for docs/
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import pytest
+import trio
+
+from trio_ws import serve_websocket
 
 from .test_router import DOCS, doc_examples, run_doc_example
 
@@ -62,3 +66,25 @@ def test_the_blocks_not_run_are_counted() -> None:
     unrun = {page: sum(1 for param in doc_examples(page) if not NOT_RUN.match(param.values[0])) for page in NOT_YET_RUN}
     assert unrun == NOT_YET_RUN
     assert [param.id for param in run_here()]  # the pages run here have examples
+
+
+async def test_the_readmes_client_and_server(nursery: trio.Nursery) -> None:
+    """README.md's two programs, together: its echo server (on a free port, not 8765) and its
+    client (pointed at that port) print what the README's reader would see."""
+    readme = (DOCS.parent / "README.md").read_text()
+    client_code, server_code = re.findall(r"^```python\n(.*?)^```$", readme, re.S | re.M)
+    assert client_code.endswith("trio.run(main)\n")
+    assert server_code.endswith('trio.run(serve_websocket, echo, "127.0.0.1", 8765, None)\n')
+    server_namespace: dict[str, Any] = {"__name__": "readme_server"}
+    exec(compile(server_code.rpartition("trio.run(")[0], "README.md", "exec"), server_namespace)
+    server = await nursery.start(partial(serve_websocket, server_namespace["echo"], "127.0.0.1", 0, None))
+    printed: list[str] = []
+    client_namespace: dict[str, Any] = {
+        "__name__": "readme_client",
+        "print": lambda *args: printed.append(" ".join(map(str, args))),
+    }
+    code = client_code.removesuffix("trio.run(main)\n").replace(":8765/", f":{server.port}/")
+    exec(compile(code, "README.md", "exec"), client_namespace)
+    with trio.fail_after(10):
+        await client_namespace["main"]()
+    assert printed == ["received: hello"]
