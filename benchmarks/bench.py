@@ -3,6 +3,7 @@
     python benchmarks/bench.py            # full: 5 rounds (3 for idle memory and broadcast), 9-10 minutes
     python benchmarks/bench.py --quick    # 1 round, shorter workloads, about 2 minutes
     python benchmarks/bench.py --compare before=../baseline/.venv/bin/python   # and another trio_ws, interleaved
+    python benchmarks/bench.py --tls      # every workload over TLS 1.3 (wss://), against raw trio over TLS
 
 Each measurement runs the peer under test in one process and a fast peer in
 another: in the server role a C-accelerated client (websockets' asyncio
@@ -20,6 +21,13 @@ checkout's virtual environment: the code before a change), run by this
 checkout's peers.py in the same interleaved rounds, so that a before/after
 comparison shares every slow minute of the machine.
 Results are saved as JSON in benchmarks/results/.
+
+``--tls`` runs every process over TLS 1.3 with a throw-away CA (trustme,
+made once per run, written to a temporary directory that every process
+reads): the baseline is then raw trio over trio.SSLStream (and the blocking
+reference over ssl-wrapped sockets), the WebSocket peers speak wss://.  It
+measures the six per-connection columns only: broadcast and idle memory
+(a thousand TLS handshakes per implementation) on request, with --only.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -69,6 +78,29 @@ def free_port() -> int:
     return port
 
 
+# --tls: the directory of ca.pem, cert.pem, key.pem that every peers.py process is given.
+TLS_DIR: str | None = None
+
+
+def tls_arguments() -> list[str]:
+    return [] if TLS_DIR is None else ["--tls", TLS_DIR]
+
+
+def write_certificates(directory: str) -> None:
+    """A throw-away CA and a certificate for 127.0.0.1 signed by it, as PEM files."""
+    try:
+        import trustme
+    except ImportError:
+        raise SystemExit("--tls needs trustme in this interpreter: pip install -e '.[test]'") from None
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(Path(directory) / "ca.pem"))
+    server.private_key_pem.write_to_path(str(Path(directory) / "key.pem"))
+    with open(Path(directory) / "cert.pem", "wb") as chain:
+        for pem in server.cert_chain_pems:
+            chain.write(pem.bytes())
+
+
 # --compare NAME=PYTHON: more trio_ws builds, each run as peers.py's "trio_ws" by its own interpreter.
 COMPARED: dict[str, Path] = {}
 
@@ -90,7 +122,15 @@ class Server:
     def __init__(self, impl: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [str(python_for(impl)), str(HERE / "peers.py"), "server", peer_name(impl), "--port", str(self.port)],
+            [
+                str(python_for(impl)),
+                str(HERE / "peers.py"),
+                "server",
+                peer_name(impl),
+                "--port",
+                str(self.port),
+                *tls_arguments(),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -127,7 +167,7 @@ MANY_CONNECTION_ROUNDS = 3
 
 def run_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> dict[str, Any]:
     command = [str(python_for(impl)), str(HERE / "peers.py"), "client", peer_name(impl), workload, "--port", str(port)]
-    command += ["--options", json.dumps(options)]
+    command += ["--options", json.dumps(options), *tls_arguments()]
     # A client that makes no progress (websockets.trio's client stalls now and
     # then on 1 MiB echoes) costs a bounded time, and its column shows "-".
     result = subprocess.run(command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, check=False)
@@ -166,7 +206,7 @@ def measure_idle(server: Server, client_impl: str, options: dict[str, Any]) -> d
     """Server RSS per connection: open N connections, use each once, leave them idle."""
     before = server.rss_kib()
     command = [str(python_for(client_impl)), str(HERE / "peers.py"), "client", peer_name(client_impl), "idle"]
-    command += ["--port", str(server.port), "--options", json.dumps(options)]
+    command += ["--port", str(server.port), "--options", json.dumps(options), *tls_arguments()]
     client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert client.stdout is not None
     assert client.stdin is not None
@@ -202,7 +242,20 @@ def main() -> int:
         metavar="NAME=PYTHON",
         help="also measure the trio_ws that PYTHON imports, as row NAME (repeatable)",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="every connection over TLS 1.3 (wss://), against raw trio over TLS"
+    )
     args = parser.parse_args()
+    if args.tls:
+        with tempfile.TemporaryDirectory(prefix="bench-tls-") as directory:
+            global TLS_DIR
+            TLS_DIR = directory
+            write_certificates(directory)
+            return run(args, parser)
+    return run(args, parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     under_test = [*UNDER_TEST, "floor_trio"] if args.floor else list(UNDER_TEST)
     for spec in args.compare:
         name, _, python = spec.partition("=")
@@ -215,7 +268,10 @@ def main() -> int:
     seconds = 0.5 if args.quick else 1.0
     idle_n = 300 if args.quick else 1000
     sinks = 300 if args.quick else 1000
-    columns = [c for c in [*COLUMNS, BROADCAST, IDLE] if args.only is None or c[0] in args.only]
+    if args.only is not None:
+        columns = [c for c in [*COLUMNS, BROADCAST, IDLE] if c[0] in args.only]
+    else:  # over TLS, a thousand handshakes per implementation for two columns: on request only
+        columns = list(COLUMNS) if args.tls else [*COLUMNS, BROADCAST, IDLE]
     results: dict[str, dict[str, dict[str, list[float]]]] = {}  # role -> impl -> column -> costs
     raw_values: dict[str, dict[str, list[float]]] = {}
     started = time.monotonic()
@@ -256,9 +312,9 @@ def main() -> int:
     print(table)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-tls" if args.tls else "")
     (out / f"bench-{stamp}.json").write_text(
-        json.dumps({"costs": results, "raw": raw_values, "rounds": rounds}, indent=1)
+        json.dumps({"costs": results, "raw": raw_values, "rounds": rounds, "tls": args.tls}, indent=1)
     )
     (out / f"bench-{stamp}.md").write_text(table)
     return 0
@@ -275,13 +331,14 @@ def render(
     of = f"median of {rounds} round(s)"
     if rounds > MANY_CONNECTION_ROUNDS:
         of += f" ({MANY_CONNECTION_ROUNDS} for broadcast and idle memory)"
-    lines = [f"cost = times worse than raw trio in the same round (1.0 = as fast); {of}", ""]
+    baseline = "raw trio" if TLS_DIR is None else "raw trio over TLS 1.3 (trio.SSLStream)"
+    lines = [f"cost = times worse than {baseline} in the same round (1.0 = as fast); {of}", ""]
     for role in ("server", "client"):
         names = [c[0] for c in columns if not (role == "client" and c[1] in ("idle", "broadcast"))]
         lines.append(f"{role} role | " + " | ".join(names))
         lines.append("---|" + "|".join("---:" for _ in names))
         raw = raw_values.get(role, {})
-        lines.append("raw trio (value) | " + " | ".join(f"{median(raw[n]):.4g}" if n in raw else "-" for n in names))
+        lines.append(("raw trio (value)" if TLS_DIR is None else "raw trio TLS (value)") + " | " + " | ".join(f"{median(raw[n]):.4g}" if n in raw else "-" for n in names))
         for impl in under_test[1:]:
             costs = results.get(role, {}).get(impl, {})
             cells = [f"{median(costs[n]):.2f}" if n in costs else "-" for n in names]

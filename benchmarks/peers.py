@@ -2,6 +2,7 @@
 
     python peers.py server IMPL --port P            serve until stdin closes
     python peers.py client IMPL WORKLOAD --port P   run one workload, print one JSON line
+    ... --tls DIR                                   the same over TLS 1.3 (DIR: ca.pem, cert.pem, key.pem)
 
 Server IMPLs: raw_trio, trio_ws, trio_websocket, websockets_trio (the servers under
 test), floor_trio (the least a WebSocket over trio can do: the protocol's own cost),
@@ -32,6 +33,43 @@ from typing import Any
 
 MAX_SIZE = 2**24
 HEADER = struct.Struct("!I")
+
+# --- TLS (bench.py --tls) -----------------------------------------------------------------------
+#
+# The orchestrator writes a throw-away CA and a server certificate for
+# 127.0.0.1 to a directory and passes it to every process, which builds its
+# own contexts from the files: the peers' venv needs no trustme.  TLS 1.3
+# only, so that every implementation pays for the same protocol.
+
+TLS_DIR: str | None = None
+
+
+def server_ssl() -> Any:
+    """The server's context, or None without --tls."""
+    if TLS_DIR is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(os.path.join(TLS_DIR, "cert.pem"), os.path.join(TLS_DIR, "key.pem"))
+    return context
+
+
+def client_ssl() -> Any:
+    """The client's context (trusting the throw-away CA), or None without --tls."""
+    if TLS_DIR is None:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=os.path.join(TLS_DIR, "ca.pem"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+def ws_scheme() -> str:
+    return "ws" if TLS_DIR is None else "wss"
+
 
 # --- shared workload logic, written once for any framework ----------------------------------
 
@@ -331,33 +369,44 @@ class FloorWsConn(Conn):
 async def trio_connect(impl: str, port: int, path: str) -> Conn:
     import trio
 
-    if impl == "raw_trio":
-        conn = RawTrioConn(await trio.open_tcp_stream("127.0.0.1", port))
-        await conn.send(path.encode())
-        return conn
-    if impl == "floor_trio":
-        floor = FloorWsConn(await trio.open_tcp_stream("127.0.0.1", port), client=True)
+    context = client_ssl()
+    if impl in ("raw_trio", "floor_trio"):
+        stream: Any = await trio.open_tcp_stream("127.0.0.1", port)
+        if context is not None:
+            # Opened here, as trio.open_ssl_over_tcp_stream does: a TCP stream, then TLS over it.
+            stream = trio.SSLStream(stream, context, server_hostname="127.0.0.1")
+        if impl == "raw_trio":
+            conn = RawTrioConn(stream)
+            await conn.send(path.encode())
+            return conn
+        floor = FloorWsConn(stream, client=True)
         await floor.open_client(path)
         return floor
+    use_ssl = False if context is None else context
     if impl == "trio_ws":
         import trio_ws
 
         ws = await trio_ws.connect_websocket(
-            _NURSERY, "127.0.0.1", port, path, use_ssl=False, max_message_size=MAX_SIZE
+            _NURSERY, "127.0.0.1", port, path, use_ssl=use_ssl, max_message_size=MAX_SIZE
         )
         return TrioWsConn(ws)
     if impl == "trio_websocket":
         import trio_websocket
 
         ws = await trio_websocket.connect_websocket(
-            _NURSERY, "127.0.0.1", port, path, use_ssl=False, max_message_size=MAX_SIZE
+            _NURSERY, "127.0.0.1", port, path, use_ssl=use_ssl, max_message_size=MAX_SIZE
         )
         return TrioWsConn(ws)
     if impl == "websockets_trio":
         from websockets.trio.client import connect
 
         manager = connect(
-            f"ws://127.0.0.1:{port}{path}", max_size=MAX_SIZE, compression=None, ping_interval=None, proxy=None
+            f"{ws_scheme()}://127.0.0.1:{port}{path}",
+            max_size=MAX_SIZE,
+            compression=None,
+            ping_interval=None,
+            proxy=None,
+            ssl=context,
         )
         return WebsocketsConn(await manager.__aenter__(), manager)
     raise SystemExit(f"no trio client {impl}")
@@ -409,7 +458,7 @@ async def trio_server(impl: str, port: int) -> None:
                     sinks.remove(conn)
 
         async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_tcp, handle, port)
+            await nursery.start(serve_trio_tcp, handle, port)
             _ready()
             await until_stdin_closes()
             nursery.cancel_scope.cancel()
@@ -429,7 +478,7 @@ async def trio_server(impl: str, port: int) -> None:
                 await stream.aclose()
 
         async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_tcp, floor_handle, port)
+            await nursery.start(serve_trio_tcp, floor_handle, port)
             _ready()
             await until_stdin_closes()
             nursery.cancel_scope.cancel()
@@ -462,7 +511,7 @@ async def trio_server(impl: str, port: int) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 lambda task_status: module.serve_websocket(
-                    handler, "127.0.0.1", port, None, max_message_size=MAX_SIZE, task_status=task_status
+                    handler, "127.0.0.1", port, server_ssl(), max_message_size=MAX_SIZE, task_status=task_status
                 )
             )
             _ready()
@@ -504,6 +553,7 @@ async def trio_server(impl: str, port: int) -> None:
                     max_size=MAX_SIZE,
                     compression=None,
                     ping_interval=None,
+                    ssl=server_ssl(),
                     task_status=task_status,
                 )
             )
@@ -512,6 +562,17 @@ async def trio_server(impl: str, port: int) -> None:
             nursery.cancel_scope.cancel()
         return
     raise SystemExit(f"no trio server {impl}")
+
+
+async def serve_trio_tcp(handler: Callable[[Any], Awaitable[None]], port: int, *, task_status: Any) -> None:
+    """trio.serve_tcp, or trio.serve_ssl_over_tcp with --tls (TLS handshakes in the handler's task)."""
+    import trio
+
+    context = server_ssl()
+    if context is None:
+        await trio.serve_tcp(handler, port, task_status=task_status)
+    else:
+        await trio.serve_ssl_over_tcp(handler, port, context, task_status=task_status)
 
 
 async def _broadcast_trio(sinks: list[Conn], count: int, size: int) -> None:
@@ -557,7 +618,7 @@ async def asyncio_connect(impl: str, port: int, path: str) -> Conn:
     import asyncio
 
     if impl == "raw_asyncio":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl())
         conn = RawAsyncioConn(reader, writer)
         await conn.send(path.encode())
         return conn
@@ -565,7 +626,12 @@ async def asyncio_connect(impl: str, port: int, path: str) -> Conn:
         from websockets.asyncio.client import connect
 
         ws = await connect(
-            f"ws://127.0.0.1:{port}{path}", max_size=MAX_SIZE, compression=None, ping_interval=None, proxy=None
+            f"{ws_scheme()}://127.0.0.1:{port}{path}",
+            max_size=MAX_SIZE,
+            compression=None,
+            ping_interval=None,
+            proxy=None,
+            ssl=client_ssl(),
         )
         return WebsocketsConn(ws)
     raise SystemExit(f"no asyncio client {impl}")
@@ -591,7 +657,7 @@ async def asyncio_server(impl: str, port: int) -> None:
             except (asyncio.IncompleteReadError, ConnectionError):
                 writer.close()
 
-        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=server_ssl())
     elif impl == "websockets_asyncio":
         from websockets.asyncio.server import serve
 
@@ -599,7 +665,15 @@ async def asyncio_server(impl: str, port: int) -> None:
             async for message in ws:
                 await ws.send(message)
 
-        server = await serve(ws_handler, "127.0.0.1", port, max_size=MAX_SIZE, compression=None, ping_interval=None)
+        server = await serve(
+            ws_handler,
+            "127.0.0.1",
+            port,
+            max_size=MAX_SIZE,
+            compression=None,
+            ping_interval=None,
+            ssl=server_ssl(),
+        )
     else:
         raise SystemExit(f"no asyncio server {impl}")
     _ready()
@@ -687,6 +761,9 @@ def sync_connect(impl: str, port: int, path: str) -> Any:
 
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    context = client_ssl()
+    if context is not None:
+        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")  # the handshake, blocking
     if impl == "raw_sync":
         conn: Any = SyncRaw(sock)
         conn.send(path.encode())
@@ -781,10 +858,13 @@ def sync_server(impl: str, port: int) -> None:
     import threading
 
     listener = socket.create_server(("127.0.0.1", port), backlog=1024)
+    context = server_ssl()
 
     def serve(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            if context is not None:  # the handshake in this connection's thread, not the accepting one
+                sock = context.wrap_socket(sock, server_side=True)
             if impl == "raw_sync":
                 conn: Any = SyncRaw(sock)
                 conn.recv()  # the role: the reference server only echoes
@@ -928,7 +1008,10 @@ def main() -> None:
     parser.add_argument("workload", nargs="?")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--options", default="{}")
+    parser.add_argument("--tls", default=None, metavar="DIR", help="TLS 1.3 with DIR's ca.pem, cert.pem, key.pem")
     args = parser.parse_args()
+    global TLS_DIR
+    TLS_DIR = args.tls
     asyncio_impls = ("raw_asyncio", "websockets_asyncio")
     sync_impls = ("raw_sync", "fast_ws")
     if args.role == "server":
