@@ -338,7 +338,11 @@ def render(
         lines.append(f"{role} role | " + " | ".join(names))
         lines.append("---|" + "|".join("---:" for _ in names))
         raw = raw_values.get(role, {})
-        lines.append(("raw trio (value)" if TLS_DIR is None else "raw trio TLS (value)") + " | " + " | ".join(f"{median(raw[n]):.4g}" if n in raw else "-" for n in names))
+        lines.append(
+            ("raw trio (value)" if TLS_DIR is None else "raw trio TLS (value)")
+            + " | "
+            + " | ".join(f"{median(raw[n]):.4g}" if n in raw else "-" for n in names)
+        )
         for impl in under_test[1:]:
             costs = results.get(role, {}).get(impl, {})
             cells = [f"{median(costs[n]):.2f}" if n in costs else "-" for n in names]

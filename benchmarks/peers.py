@@ -703,8 +703,15 @@ class SyncRaw:
     def __init__(self, sock: Any) -> None:
         self.sock, self.buffer = sock, bytearray()
 
+    def frame(self, data: bytes) -> bytes:
+        return HEADER.pack(len(data)) + data
+
+    def complete(self) -> bool:
+        """Whether the buffer holds a whole message (recv() then needs no socket)."""
+        return len(self.buffer) >= 4 and len(self.buffer) >= 4 + HEADER.unpack_from(self.buffer)[0]
+
     def send(self, data: bytes) -> None:
-        self.sock.sendall(HEADER.pack(len(data)) + data)
+        self.sock.sendall(self.frame(data))
 
     def recv(self) -> bytes:
         (size,) = HEADER.unpack(_recv_exactly(self.sock, 4, self.buffer))
@@ -721,6 +728,25 @@ class SyncWs:
         from websockets.speedups import apply_mask
 
         self.sock, self.buffer, self.client, self.apply_mask = sock, bytearray(), client, apply_mask
+
+    def frame(self, data: bytes) -> bytes:
+        return ws_frame(data, 0x2, self.client, self.apply_mask)
+
+    def complete(self) -> bool:
+        """Whether the buffer holds a whole frame (recv() then needs no socket)."""
+        buffer = self.buffer
+        if len(buffer) < 2:
+            return False
+        length, offset = buffer[1] & 0x7F, 2
+        if length == 126:
+            if len(buffer) < 4:
+                return False
+            (length,), offset = struct.unpack_from("!H", buffer, 2), 4
+        elif length == 127:
+            if len(buffer) < 10:
+                return False
+            (length,), offset = struct.unpack_from("!Q", buffer, 2), 10
+        return len(buffer) >= offset + (4 if buffer[1] & 0x80 else 0) + length
 
     def send(self, data: bytes, opcode: int = 0x2) -> None:
         self.sock.sendall(ws_frame(data, opcode, self.client, self.apply_mask))
@@ -801,6 +827,9 @@ def sync_client(impl: str, workload: str, port: int, options: dict[str, Any]) ->
             samples.append(time.perf_counter() - start)
         conn.close()
         return {"p50_us": median(samples) * 1e6, "count": len(samples)}
+    if workload.startswith("throughput-") and TLS_DIR is not None:
+        size = int(workload.split("-", 1)[1])
+        return _tls_throughput(sync_connect(impl, port, "/echo"), size, 64 if size <= 4096 else 8, seconds)
     if workload.startswith("throughput-"):
         size = int(workload.split("-", 1)[1])
         window = threading.Semaphore(64 if size <= 4096 else 8)
@@ -851,6 +880,70 @@ def sync_client(impl: str, workload: str, port: int, options: dict[str, Any]) ->
             count += 1
         return {"per_s": count / (time.perf_counter() - start), "count": count}
     raise SystemExit(f"no sync workload {workload}")
+
+
+def _tls_throughput(conn: Any, size: int, window: int, seconds: float) -> dict[str, Any]:
+    """The pipelined echo over TLS in one thread: a non-blocking socket and a selector.
+
+    The plain path's two threads (one sending, one receiving) cannot share an
+    SSL socket: OpenSSL's connection object is not safe for a concurrent read
+    and write, and the peer saw corrupt records (bad MACs, resets).  One
+    thread that writes while the window allows and reads whatever arrives
+    keeps the same window of messages in flight.
+    """
+    import selectors
+    import ssl
+
+    sock = conn.sock
+    sock.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    payload = os.urandom(size)
+    frame = conn.frame(payload)
+    out = bytearray()
+    chunk = b""  # the write under way: an SSL write is retried with the same bytes
+    sent = received = 0
+    start = time.perf_counter()
+    stop = start + seconds
+    while True:
+        sending = time.perf_counter() < stop
+        if not sending and received == sent and not out and not chunk:
+            break
+        while sending and sent - received < window:
+            out += frame
+            sent += 1
+            if isinstance(conn, SyncWs):
+                frame = conn.frame(payload)  # a fresh mask key for each client frame
+        progressed = False
+        try:
+            if not chunk and out:
+                chunk = bytes(out[:262144])
+                del out[:262144]
+            if chunk:
+                chunk, progressed = chunk[sock.send(chunk) :], True
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            pass
+        try:
+            while True:
+                data = sock.recv(262144)
+                if not data:
+                    raise EOFError
+                conn.buffer += data
+                progressed = True
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass
+        while conn.complete():
+            assert len(conn.recv()) == size
+            received += 1
+            progressed = True
+        if not progressed:
+            selector.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if chunk else 0))
+            selector.select(0.05)
+    elapsed = time.perf_counter() - start
+    selector.close()
+    sock.setblocking(True)
+    conn.close()
+    return {"msgs_per_s": received / elapsed, "mb_per_s": received * size / elapsed / 1e6, "count": received}
 
 
 def sync_server(impl: str, port: int) -> None:
