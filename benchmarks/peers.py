@@ -445,12 +445,15 @@ async def trio_server(impl: str, port: int) -> None:
                         await conn.send(await conn.recv())
                 elif role == b"/sink":
                     sinks.append(conn)
-                    await trio.sleep_forever()
+                    # Read until the client closes (it sends nothing else), as the
+                    # WebSocket servers do: over TLS the client's close waits for an
+                    # answer to its close_notify, which a task that never reads never gives.
+                    await conn.recv()
                 elif role == b"/trigger":
                     count, size = map(int, (await conn.recv()).split())
                     await _broadcast_trio(sinks, count, size)
                     await conn.send(b"done")
-                    await trio.sleep_forever()
+                    await conn.recv()
             except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
