@@ -1,4 +1,5 @@
-"""What the benchmark scripts share about the processes they start: stopping one, and its RSS.
+"""What the benchmark scripts share about their processes: the open-files limit, the line protocol
+to the orchestrator, stopping a child, and its RSS.
 
 Each script starts its peers with ``subprocess.Popen``, talks to them over
 stdin/stdout, and must leave nothing behind; this is the one copy of how.
@@ -6,6 +7,8 @@ stdin/stdout, and must leave nothing behind; this is the one copy of how.
 
 from __future__ import annotations
 
+import json
+import resource
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -38,3 +41,23 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def emit(tag: str, payload: dict[str, Any]) -> None:
+    """One line of the protocol between a process and the orchestrator."""
+    try:
+        print(f"{tag} {json.dumps(payload, separators=(',', ':'))}", flush=True)
+    except BrokenPipeError:  # the orchestrator is gone; keep going quietly to our own end
+        pass

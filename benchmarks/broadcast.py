@@ -53,7 +53,6 @@ import asyncio
 import json
 import os
 import queue
-import resource
 import socket
 import struct
 import subprocess
@@ -65,7 +64,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from _procs import stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import emit, raise_nofile, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
@@ -79,24 +78,6 @@ SLACK = 16 * MIB  # RSS growth allowed on top of write_limit + one message per s
 
 
 # --- shared -------------------------------------------------------------------------------------
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return soft
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def emit(tag: str, payload: dict[str, Any]) -> None:
-    try:
-        print(f"{tag} {json.dumps(payload, separators=(',', ':'))}", flush=True)
-    except BrokenPipeError:
-        pass
 
 
 def rss(pid: int) -> int:

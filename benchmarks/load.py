@@ -38,7 +38,6 @@ import math
 import os
 import queue
 import random
-import resource
 import signal
 import struct
 import subprocess
@@ -53,7 +52,7 @@ from functools import partial
 from typing import Any
 
 import trio
-from _procs import stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import emit, raise_nofile, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
 
 from trio_ws import ConnectionClosed, WebSocketConnection, WebSocketRequest, open_websocket, serve_websocket
 
@@ -62,28 +61,6 @@ MIB = 1024 * 1024
 MAX_MESSAGE_SIZE = 2**20
 
 # --- helpers shared by every process --------------------------------------------------------
-
-
-def raise_nofile() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return soft
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def emit(tag: str, payload: dict[str, Any]) -> None:
-    """One line of the protocol between a process and the orchestrator."""
-    try:
-        print(f"{tag} {json.dumps(payload, separators=(',', ':'))}", flush=True)
-    except BrokenPipeError:  # the orchestrator is gone; keep going quietly to our own end
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def describe(exc: BaseException) -> str:
