@@ -25,9 +25,9 @@ Two runs, each with a fresh server process:
 1. keepalive off: the server's RSS before and after every connection is open
    (after ``gc.collect()`` and a settle), hence KiB per connection; the time to
    open them all; and the round-trip time of one more, active, connection
-   (``/probe``, a blocking socket in this process) echoing ``--echoes``
-   messages paced over the window, before any idle connection and with all
-   of them open.
+   (``/probe``, a blocking socket in this process, opened for the window)
+   echoing ``--echoes`` messages paced over the window, before any idle
+   connection and with all of them open.
 2. keepalive on (``ping_interval=--ping-interval``, ``ping_timeout`` the same):
    the same, and over a window longer than the interval, so that the server's
    keepalive pings every idle connection at least once while the probe runs.
@@ -145,13 +145,15 @@ async def server_main(args: argparse.Namespace) -> int:
 
     async def echo(request: trio_ws.WebSocketRequest) -> None:
         ws = await request.accept()
-        if request.path == "/probe":
+        probe = request.path == "/probe"
+        if probe:
             probes.add(ws)
         try:
             while True:
                 await ws.send_message(await ws.get_message())
         except trio_ws.ConnectionClosed as exc:
-            endings[str(exc.reason.code if exc.reason else None)] += 1
+            if not probe:  # a probe closes after each window; an idle connection should never end
+                endings[str(exc.reason.code if exc.reason else None)] += 1
         finally:
             probes.discard(ws)
 
@@ -562,7 +564,6 @@ class Run:
         self.problems: list[str] = []
         self.server: Child | None = None
         self.clients: list[Child] = []
-        self.probe: Probe | None = None
 
     def start(self) -> None:
         args, port = self.args, free_port()
@@ -579,12 +580,20 @@ class Run:
         for client in self.clients:
             client.expect("READY", 30)
         self.result["clients"] = [{"source": f"127.0.0.{2 + i}", "connections": s} for i, s in enumerate(shares)]
-        self.probe = Probe(port)
-        self.probe.run(200, 0.0)  # warm-up: the server's code paths run once before anything is measured
+        self.open_probe().close()  # warm-up: the server's code paths run before anything is measured
+
+    def open_probe(self) -> Probe:
+        """A new active connection, after 200 echoes.  New for each window: a blocking socket
+        answers pings only while it echoes, and the keepalive would close one left waiting."""
+        probe = Probe(self.port)
+        try:
+            probe.run(200, 0.0)
+        except BaseException:
+            probe.close()
+            raise
+        return probe
 
     def stop(self) -> None:
-        if self.probe is not None:
-            self.probe.close()
         for client in self.clients:  # first: the server then sees every connection end at once
             client.stop()
         if self.server is not None:
@@ -599,10 +608,13 @@ class Run:
     def window(self, name: str) -> None:
         """The probe's round trips over one window, and the server's CPU meanwhile."""
         assert self.server is not None
-        assert self.probe is not None
-        cpu, started = cpu_seconds(self.server.pid), time.monotonic()
-        rtts = self.probe.run(self.args.echoes, self.args.window)
-        wall = time.monotonic() - started
+        probe = self.open_probe()
+        try:
+            cpu, started = cpu_seconds(self.server.pid), time.monotonic()
+            rtts = probe.run(self.args.echoes, self.args.window)
+            wall = time.monotonic() - started
+        finally:
+            probe.close()
         self.result[name] = {
             **quantiles_us(rtts),
             "echoes": len(rtts),
@@ -628,8 +640,8 @@ class Run:
         if got != self.n:
             self.problems.append(f"opened {got} of {self.n} connections ({dict(errors)})")
         on_server = self.server.request("stats", "STATS")["connections"]
-        if on_server != got + 1:
-            self.problems.append(f"the server holds {on_server} connections, not {got} + the probe")
+        if on_server != got:
+            self.problems.append(f"the server holds {on_server} connections, not {got}")
         rss_after = self.settled_rss()
         self.result.update(
             opened=got,
@@ -682,8 +694,8 @@ class Run:
             self.problems.append(
                 f"connections ended: server {stats['endings']}, clients {lost}, odd frames {unexpected}"
             )
-        if stats["connections"] != self.result["opened"] + 1:
-            self.problems.append(f"{stats['connections']} connections left of {self.result['opened']} + 1")
+        if stats["connections"] != self.result["opened"]:
+            self.problems.append(f"{stats['connections']} connections left of {self.result['opened']}")
 
 
 def split(total: int, parts: int) -> list[int]:
