@@ -1,6 +1,6 @@
 """Many idle connections to one trio_ws server process: memory, open time, and the latency of an active one.
 
-    python benchmarks/idle.py            # 100,000 connections (capped by the open-files limit), about 2 minutes
+    python benchmarks/idle.py            # 100,000 connections (capped by the open-files limit); 75 s for 19,900
     python benchmarks/idle.py --quick    # 2,000 connections, under 30 s
 
 and the processes it starts (which can also be run by hand):
@@ -134,12 +134,39 @@ def head_end(buffer: bytearray) -> int:
 # --- the server process (trio, trio_ws) -----------------------------------------------------------
 
 
+class GcPauses:
+    """The cyclic garbage collector's passes in this process, by generation: how many, and the
+    longest.  A full (generation 2) pass walks every live object: with tens of thousands of
+    connections it stops the server long enough to show in a round trip."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.passes = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        gc.callbacks.append(self.callback)
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.passes[generation] += 1
+        self.longest[generation] = max(self.longest[generation], time.perf_counter() - self.started)
+
+    def take(self) -> dict[str, Any]:
+        """The passes since the last call (or the start)."""
+        taken = {"passes": self.passes, "longest_ms": [round(t * 1e3, 2) for t in self.longest]}
+        self.passes, self.longest = [0, 0, 0], [0.0, 0.0, 0.0]
+        return taken
+
+
 async def server_main(args: argparse.Namespace) -> int:
     import trio
 
     import trio_ws
 
     soft = raise_nofile()
+    pauses = GcPauses()
     probes: set[trio_ws.WebSocketConnection] = set()
     endings: Counter[str] = Counter()
 
@@ -198,6 +225,8 @@ async def server_main(args: argparse.Namespace) -> int:
                     emit("GC", {})
                 elif command == "counters":
                     emit("COUNTERS", counters())
+                elif command == "pauses":
+                    emit("PAUSES", pauses.take())
         # The clients are gone by now (the orchestrator stops them first): closing is quick.
         nursery.cancel_scope.cancel()
     return 0
@@ -610,16 +639,20 @@ class Run:
         assert self.server is not None
         probe = self.open_probe()
         try:
+            self.server.request("pauses", "PAUSES")
             cpu, started = cpu_seconds(self.server.pid), time.monotonic()
             rtts = probe.run(self.args.echoes, self.args.window)
             wall = time.monotonic() - started
+            cpu = cpu_seconds(self.server.pid) - cpu
+            pauses = self.server.request("pauses", "PAUSES")
         finally:
             probe.close()
         self.result[name] = {
             **quantiles_us(rtts),
             "echoes": len(rtts),
             "seconds": wall,
-            "server_cpu": (cpu_seconds(self.server.pid) - cpu) / wall,
+            "server_cpu": cpu / wall,
+            "server_gc": pauses,
         }
 
     def open_all(self) -> None:
@@ -724,24 +757,29 @@ def fmt_us(value: float) -> str:
     return f"{value:,.0f} µs"
 
 
+def window_cells(window: dict[str, Any]) -> str:
+    """The probe's round trips, the server's CPU and its full GC passes in one window."""
+    gc_full = window["server_gc"]
+    return (
+        f"{fmt_us(window['p50_us'])} | {fmt_us(window['p99_us'])} | {fmt_us(window['max_us'])} "
+        f"| {window['server_cpu']:.0%} | {gc_full['passes'][2]} ({gc_full['longest_ms'][2]:,.0f} ms) |"
+    )
+
+
 def table(limits: dict[str, Any], idle: dict[str, Any], sweep: dict[str, Any], max_kib: float) -> str:
     rows = [
-        "| phase | connections | open time | opens/s | server KiB/conn | probe p50 | probe p99 | server CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| phase | connections | open time | opens/s | server KiB/conn | probe p50 | probe p99 | probe max "
+        "| server CPU | full GC passes (longest) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| one connection alone | 0 | | | | {window_cells(idle['alone'])}",
     ]
-    alone = idle["alone"]
-    rows.append(
-        f"| one connection alone | 0 | | | | {fmt_us(alone['p50_us'])} | {fmt_us(alone['p99_us'])} "
-        f"| {alone['server_cpu']:.0%} |"
-    )
     for label, run, window in (
         ("all idle, keepalive off", idle, idle["idle"]),
         (f"keepalive sweep (ping every {sweep['ping_interval']:g} s)", sweep, sweep["sweep"]),
     ):
         rows.append(
             f"| {label} | {run['opened']:,} | {run['open_seconds']:.1f} s | {run['opens_per_second']:,.0f} "
-            f"| {run['kib_per_connection']:.1f} | {fmt_us(window['p50_us'])} | {fmt_us(window['p99_us'])} "
-            f"| {window['server_cpu']:.0%} |"
+            f"| {run['kib_per_connection']:.1f} | {window_cells(window)}"
         )
     s = sweep["sweep"]
     lines = [
@@ -753,7 +791,8 @@ def table(limits: dict[str, Any], idle: dict[str, Any], sweep: dict[str, Any], m
         f"one round reaches them all in {s['sweep_seconds']:.2f} s ({s['pings_per_second']:,.0f} pings/s); "
         f"keepalive round trip p50 {fmt_us(s['keepalive_rtt_p50_us'])}, p99 {fmt_us(s['keepalive_rtt_p99_us'])}.",
         f"Server RSS {idle['rss_before'] / 2**20:.1f} MiB before, {idle['rss_after'] / 2**20:.1f} MiB with "
-        f"{idle['opened']:,} idle connections (target: at most {max_kib:g} KiB per connection). "
+        f"{idle['opened']:,} idle connections (target: at most {max_kib:g} KiB per connection); "
+        f"server CPU while opening {idle['open_server_cpu']:.0%} (keepalive run {sweep['open_server_cpu']:.0%}). "
         f"RLIMIT_NOFILE {limits['nofile_soft']:,} (hard {limits['nofile_hard']:,}).",
     ]
     return "\n".join(lines)
