@@ -1,6 +1,6 @@
 """Many idle connections to one trio_ws server process: memory, open time, and the latency of an active one.
 
-    python benchmarks/idle.py            # 100,000 connections (capped by the open-files limit); 75 s for 19,900
+    python benchmarks/idle.py            # 100,000 connections (capped by the open-files limit); 75-90 s for 19,900
     python benchmarks/idle.py --quick    # 2,000 connections, under 30 s
 
 and the processes it starts (which can also be run by hand):
@@ -17,8 +17,9 @@ that every process has the whole ephemeral port range to itself: one source
 address holds at most about 28,000 connections to one server port.
 
 The clients are lean on purpose: asyncio and a frame parser of a few lines
-(the standard library only), so that one process holds ~19,000 connections in
-little memory and opens them quickly, leaving the two cores to the server.
+(the standard library only), without the cyclic garbage collector, so that one
+process holds ~19,000 connections in little memory, opens them quickly and
+never pauses, leaving the two cores to the server.
 
 Two runs, each with a fresh server process:
 
@@ -35,6 +36,9 @@ Two runs, each with a fresh server process:
    counts the ping and pong bytes (``statistics()``) and its connections'
    keepalive round trips (``latency``).
 
+Each window also reports the server's CPU share and its garbage collector's
+passes (how many full ones, and the longest).
+
 The server can hold as many connections as its RLIMIT_NOFILE allows: this
 script raises its soft limit to the hard limit (the children inherit it) and,
 when the hard limit is lower than ``--connections`` plus a reserve, opens fewer
@@ -43,7 +47,8 @@ connections and says so.  Raising the hard limit needs CAP_SYS_RESOURCE.
 Every process has a lifetime and stops when the orchestrator's pipe closes;
 the orchestrator bounds every step and stops only its own children, by their
 handles.  Exit status: 0 when every check passed, 1 when one failed (an error,
-a connection missing or closed, a ping unanswered, memory over ``--max-kib``),
+a connection missing or closed, one not pinged in the keepalive window, memory
+over ``--max-kib``),
 2 when a process died or a step timed out.  Results are saved in
 ``benchmarks/results/idle-*.json``.
 """
