@@ -1,5 +1,5 @@
 """What the benchmark scripts share about their processes: the open-files limit, the line protocol
-to the orchestrator, stopping a child, and its RSS.
+to the orchestrator, stopping a child, its RSS and its CPU time.
 
 Each script starts its peers with ``subprocess.Popen``, talks to them over
 stdin/stdout, and must leave nothing behind; this is the one copy of how.
@@ -8,6 +8,7 @@ stdin/stdout, and must leave nothing behind; this is the one copy of how.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 from pathlib import Path
@@ -41,6 +42,14 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile() -> int:

@@ -52,7 +52,7 @@ from functools import partial
 from typing import Any
 
 import trio
-from _procs import emit, raise_nofile, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import cpu_seconds, emit, raise_nofile, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
 
 from trio_ws import ConnectionClosed, WebSocketConnection, WebSocketRequest, open_websocket, serve_websocket
 
@@ -683,13 +683,6 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise PeerError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Peer:

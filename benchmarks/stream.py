@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from _procs import stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import cpu_seconds, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
 
 import trio_ws
 from trio_ws import CloseReason, ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
@@ -384,13 +384,6 @@ def reset_peak(pid: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Peer:
