@@ -835,3 +835,17 @@ async def test_frames_sent_with_the_upgrade_request_are_not_lost(nursery: trio.N
         assert (await client.receive_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
         frames = {await client.receive_frame(), await client.receive_frame()}
         assert frames == {(0x1, b"eager"), (0xA, b"p")}
+
+
+def test_task_names_are_the_ones_trio_would_give() -> None:
+    """The per-connection tasks are named by constants (one string, not one per task); they
+    must stay the names trio would make from the functions, which debugging output shows."""
+    from trio_ws import _engine, _keepalive, _server
+
+    def trio_name(fn: object) -> str:
+        return f"{fn.__module__}.{fn.__qualname__}"  # type: ignore[attr-defined]
+
+    assert trio_name(_engine.Engine._reader_task) == _engine._READER_TASK
+    assert trio_name(_engine.Engine._write_behind) == _engine._WRITER_TASK
+    assert trio_name(_keepalive.keepalive) == _engine._KEEPALIVE_TASK
+    assert trio_name(_server.WebSocketServer._handle_connection) == _server._HANDLER_TASK

@@ -76,6 +76,11 @@ _EVENT_NAMES = {
     CLOSE: "CLOSE",
     VIOLATION: "VIOLATION",
 }
+# The names trio would give these tasks, given once: trio makes a new string for each task
+# it names itself, and a server holds thousands of readers (about 60 bytes each).
+_READER_TASK = "trio_ws._engine.Engine._reader_task"
+_WRITER_TASK = "trio_ws._engine.Engine._write_behind"
+_KEEPALIVE_TASK = "trio_ws._keepalive.keepalive"
 _HANDSHAKE_READ = 2**16  # a handshake read when receive_buffer_size is None (trio's default)
 
 
@@ -271,11 +276,11 @@ class Engine:
         """
         self._nursery = nursery
         self._trace = self._logger().isEnabledFor(logging.DEBUG)
-        nursery.start_soon(self._reader_task, shield)
+        nursery.start_soon(self._reader_task, shield, name=_READER_TASK)
         interval = self._options.ping_interval
         if interval is not None:
             timeouts = (self._options.keepalive_timeout, self._options.disconnect_timeout)
-            nursery.start_soon(keepalive, cast("WebSocketConnection", self), interval, *timeouts)
+            nursery.start_soon(keepalive, cast("WebSocketConnection", self), interval, *timeouts, name=_KEEPALIVE_TASK)
 
     def _log(self, level: int, message: str, *args: object, exc_info: Any = None) -> None:
         """A record about this connection, to its logger (see ``_log.py``)."""
@@ -546,7 +551,7 @@ class Engine:
             return
         protocol.requeue(data[sent:])
         assert self._nursery is not None
-        self._nursery.start_soon(self._write_behind)
+        self._nursery.start_soon(self._write_behind, name=_WRITER_TASK)
 
     async def _write_behind(self) -> None:
         """Write what a broadcast queued and the socket did not take; ``_kick`` took the

@@ -54,6 +54,7 @@ _NOT_FOUND = HTTPResponse(404, [(b"content-type", b"text/plain; charset=utf-8")]
 _SERVER_ERROR = HTTPResponse(500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n")
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
 # accept() errors that mean "not now" (out of descriptors or memory), not "never".
+_HANDLER_TASK = "trio_ws._server.WebSocketServer._handle_connection"  # (see _engine._READER_TASK)
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
@@ -540,7 +541,7 @@ class WebSocketServer:
                     # Readers join the handlers in our own nursery; a caller's
                     # nursery gets one task per connection, as trio-websocket's.
                     readers = handlers if self._handler_nursery is None else None
-                    handlers.start_soon(self._handle_connection, stream, readers)
+                    handlers.start_soon(self._handle_connection, stream, readers, name=_HANDLER_TASK)
 
     async def _refuse_overload(self, stream: trio.abc.Stream) -> None:
         """More connections than ``max_connections``: answer 503 at once, and close."""
