@@ -230,6 +230,32 @@ def test_a_browser_request_takes_the_fast_path() -> None:
     assert handshake.trailing_data == b"\x81\x80frame"
 
 
+
+@pytest.mark.parametrize("path", ["fast", "h11"])
+def test_the_request_headers_come_back_as_they_were_sent(path: str) -> None:
+    """A request's headers are kept packed (one bytes object); what ``headers`` gives back is
+    every header but Host and the two negotiated ones, in order, names in lower case, values
+    with colons, empty values and repeated names intact."""
+    request = (
+        b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\nOrigin: http://o.test:8000\r\n"
+        b"X-Empty:\r\nX-Twice: 1\r\nX-Twice: a:b:c\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+    )
+    handshake = ServerHandshake() if path == "fast" else through_h11(ServerHandshake())
+    result = handshake.receive_data(request)
+    assert isinstance(result, UpgradeRequest)
+    assert result.headers == [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", KEY),
+        (b"sec-websocket-version", b"13"),
+        (b"origin", b"http://o.test:8000"),
+        (b"x-empty", b""),
+        (b"x-twice", b"1"),
+        (b"x-twice", b"a:b:c"),
+    ]
+    assert isinstance(result.packed_headers, bytes)
+
 def test_a_request_over_the_head_limit_is_refused_with_431() -> None:
     handshake = ServerHandshake()
     with pytest.raises(HandshakeFailure) as caught:

@@ -238,12 +238,34 @@ class UpgradeRequest:
     target: str
     host: str
     # All headers but Host, Sec-WebSocket-Protocol and -Extensions, names in
-    # lower case: what trio-websocket's ``request.headers`` held.
-    headers: Headers
+    # lower case (what trio-websocket's ``request.headers`` held), packed into
+    # one bytes object: a server keeps its requests for as long as their
+    # connections live, and a list of (name, value) tuples costs three objects
+    # a header, about 1 KiB a request (see ``headers``).
+    packed_headers: bytes
     subprotocols: list[str]
     extensions: list[str]  # the offers, one ``name; params`` item each
     key: bytes
     origin: str | None
+
+    @property
+    def headers(self) -> Headers:
+        """The headers, made from ``packed_headers`` on each call: ``name:value`` lines,
+        which cannot be ambiguous (a name is a token, without ``:``; a value has no line
+        break, neither after our parser nor after h11's)."""
+        if not self.packed_headers:
+            return []
+        return [_unpack_header(line) for line in self.packed_headers.split(b"\n")]
+
+
+def _unpack_header(line: bytes) -> tuple[bytes, bytes]:
+    name, _, value = line.partition(b":")
+    return name, value
+
+
+def pack_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``headers`` as :attr:`UpgradeRequest.packed_headers` holds them."""
+    return b"\n".join(name + b":" + value for name, value in headers)
 
 
 @dataclass
@@ -395,7 +417,7 @@ class ServerHandshake:
         return UpgradeRequest(
             target=target.decode("ascii"),
             host=host,
-            headers=[(name, value) for name, value in headers if name not in skip],
+            packed_headers=pack_headers((name, value) for name, value in headers if name not in skip),
             subprotocols=_items(values.get(b"sec-websocket-protocol", [])),
             extensions=_items(values.get(b"sec-websocket-extensions", [])),
             key=keys[0],
