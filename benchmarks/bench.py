@@ -4,6 +4,7 @@
     python benchmarks/bench.py --quick    # 1 round, shorter workloads, about 2 minutes
     python benchmarks/bench.py --compare before=../baseline/.venv/bin/python   # and another trio_ws, interleaved
     python benchmarks/bench.py --tls      # every workload over TLS 1.3 (wss://), against raw trio over TLS
+    python benchmarks/bench.py --peer picows --role client   # clients against a picows server on uvloop
 
 Each measurement runs the peer under test in one process and a fast peer in
 another: in the server role a C-accelerated client (websockets' asyncio
@@ -28,6 +29,12 @@ reads): the baseline is then raw trio over trio.SSLStream (and the blocking
 reference over ssl-wrapped sockets), the WebSocket peers speak wss://.  It
 measures the six per-connection columns only: broadcast and idle memory
 (a thousand TLS handshakes per implementation) on request, with --only.
+
+``--peer picows`` changes the fixed server of the client role: picows (a
+Cython WebSocket server on uvloop) for the WebSocket clients, and for raw
+trio raw_uvloop, a uvloop Protocol echoing the same length-prefixed frames
+(so both sides of each ratio face a server of one kind).  The server role
+is unchanged; ``--role client`` skips it.
 """
 
 from __future__ import annotations
@@ -176,19 +183,24 @@ def run_client(impl: str, workload: str, port: int, options: dict[str, Any]) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+# --peer: the fixed servers of the client role, (for raw trio, for the WebSocket clients).
+PEERS = {"fast_ws": ("raw_sync", "fast_ws"), "picows": ("raw_uvloop", "picows")}
+PEER = "fast_ws"
+
+
 def pair(role: str, impl: str, workload: str) -> tuple[str, str]:
     """(server impl, client impl) measuring ``impl`` in ``role``.
 
     The other side is the fastest reference there is: blocking sockets and C
-    masking (raw_sync, fast_ws); for many connections at once (idle memory,
-    broadcast) an asyncio client (websockets' C-accelerated one).
+    masking (raw_sync, fast_ws; in the client role, --peer may name another
+    kind); for many connections at once (idle memory, broadcast) an asyncio
+    client (websockets' C-accelerated one).
     """
     many = workload in ("idle", "broadcast")
+    raw_server, ws_server = PEERS[PEER]
     if impl == "raw":
-        reference = "raw_asyncio" if many else "raw_sync"
-        return ("raw_trio", reference) if role == "server" else (reference, "raw_trio")
-    reference = "websockets_asyncio" if many else "fast_ws"
-    return (impl, reference) if role == "server" else (reference, impl)
+        return ("raw_trio", "raw_asyncio" if many else "raw_sync") if role == "server" else (raw_server, "raw_trio")
+    return (impl, "websockets_asyncio" if many else "fast_ws") if role == "server" else (ws_server, impl)
 
 
 def measure(role: str, impl: str, workload: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -245,7 +257,11 @@ def main() -> int:
     parser.add_argument(
         "--tls", action="store_true", help="every connection over TLS 1.3 (wss://), against raw trio over TLS"
     )
+    parser.add_argument("--peer", choices=sorted(PEERS), default="fast_ws", help="the fixed servers of the client role")
+    parser.add_argument("--role", choices=["server", "client", "both"], default="both")
     args = parser.parse_args()
+    global PEER
+    PEER = args.peer
     if args.tls:
         with tempfile.TemporaryDirectory(prefix="bench-tls-") as directory:
             global TLS_DIR
@@ -276,7 +292,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     raw_values: dict[str, dict[str, list[float]]] = {}
     started = time.monotonic()
     for round_number in range(rounds):
-        for role in ("server", "client"):
+        for role in ("server", "client") if args.role == "both" else (args.role,):
             for name, workload, metric, higher in columns:
                 if workload in ("idle", "broadcast") and (role == "client" or round_number >= MANY_CONNECTION_ROUNDS):
                     continue  # server-side figures, 3 rounds at most
@@ -312,9 +328,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(table)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-tls" if args.tls else "")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-tls" if args.tls else "") + ("" if PEER == "fast_ws" else "-" + PEER)
     (out / f"bench-{stamp}.json").write_text(
-        json.dumps({"costs": results, "raw": raw_values, "rounds": rounds, "tls": args.tls}, indent=1)
+        json.dumps({"costs": results, "raw": raw_values, "rounds": rounds, "tls": args.tls, "peer": PEER}, indent=1)
     )
     (out / f"bench-{stamp}.md").write_text(table)
     return 0
@@ -334,8 +350,11 @@ def render(
     baseline = "raw trio" if TLS_DIR is None else "raw trio over TLS 1.3 (trio.SSLStream)"
     lines = [f"cost = times worse than {baseline} in the same round (1.0 = as fast); {of}", ""]
     for role in ("server", "client"):
+        if role not in raw_values and role not in results:
+            continue  # --role
         names = [c[0] for c in columns if not (role == "client" and c[1] in ("idle", "broadcast"))]
-        lines.append(f"{role} role | " + " | ".join(names))
+        against = f" (against {PEERS[PEER][1]}; raw trio against {PEERS[PEER][0]})" if role == "client" else ""
+        lines.append(f"{role} role{against} | " + " | ".join(names))
         lines.append("---|" + "|".join("---:" for _ in names))
         raw = raw_values.get(role, {})
         lines.append(

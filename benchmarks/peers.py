@@ -6,7 +6,9 @@
 
 Server IMPLs: raw_trio, trio_ws, trio_websocket, websockets_trio (the servers under
 test), floor_trio (the least a WebSocket over trio can do: the protocol's own cost),
-raw_asyncio, websockets_asyncio (fast references for the client role).
+raw_asyncio, websockets_asyncio, and the blocking raw_sync and fast_ws (fast references
+for the client role); picows and raw_uvloop (uvloop, compiled: the other kind of fixed
+server, bench.py --peer picows), /echo only.
 Client IMPLs: the same names; raw_asyncio and websockets_asyncio (C-accelerated
 masking) are the fast references for the server role.
 
@@ -220,17 +222,19 @@ class RawTrioConn(Conn):
         await self.stream.send_all(HEADER.pack(len(data)) + data)
 
     async def recv(self) -> bytes:
+        buffer = self.buffer
         while True:
-            if len(self.buffer) >= 4:
-                (size,) = HEADER.unpack_from(self.buffer)
-                if len(self.buffer) >= 4 + size:
-                    data = bytes(self.buffer[4 : 4 + size])
-                    del self.buffer[: 4 + size]
-                    return data
-            chunk = await self.stream.receive_some(65536)
+            need = 4 + HEADER.unpack_from(buffer)[0] if len(buffer) >= 4 else 4
+            if len(buffer) >= need:
+                with memoryview(buffer) as view:
+                    data = view[4:need].tobytes()  # one copy
+                del buffer[:need]
+                return data
+            # The rest of a large frame in one read (at most 1 MiB), as trio_ws reads it.
+            chunk = await self.stream.receive_some(max(65536, min(need - len(buffer), 2**20)))
             if not chunk:
                 raise EOFError
-            self.buffer += chunk
+            buffer += chunk
 
     async def close(self) -> None:
         await self.stream.aclose()
@@ -684,6 +688,89 @@ async def asyncio_server(impl: str, port: int) -> None:
     server.close()
 
 
+# --- uvloop references: a compiled WebSocket server and its raw counterpart ----------------------
+#
+# ``bench.py --peer picows``: in the client role, the fixed server is picows
+# (a Cython WebSocket, on uvloop) rather than the blocking fast_ws, and raw
+# trio's is raw_uvloop, an asyncio Protocol on the same loop that echoes the
+# same length-prefixed frames raw_sync does.  Both answer from data_received
+# with one write per whole message and no task switch: what such a server
+# does differently from a blocking one (its read sizes, how its echo is cut
+# into writes) is then felt by every client, raw trio's too.
+
+
+def uvloop_server(impl: str, port: int) -> None:
+    import asyncio
+
+    import uvloop
+
+    class RawUvloopEcho(asyncio.BufferedProtocol):
+        """The first length-prefixed frame names the role; every later one is echoed whole.
+
+        Read into one buffer (as picows does), one copy per echo: uvloop
+        keeps what a write could not send yet, so it must own its bytes.
+        """
+
+        def __init__(self) -> None:
+            self.buffer = bytearray(2**18)
+            self.end = 0  # bytes received into the buffer
+            self.transport: Any = None
+            self.role_seen = False
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            if len(self.buffer) - self.end < 2**16:  # a new buffer: the loop may still hold a view of the old
+                bigger = bytearray(2 * len(self.buffer))
+                bigger[: self.end] = memoryview(self.buffer)[: self.end]
+                self.buffer = bigger
+            return memoryview(self.buffer)[self.end :]
+
+        def buffer_updated(self, nbytes: int) -> None:
+            buffer, end, start = self.buffer, self.end + nbytes, 0
+            while end - start >= 4:
+                stop = start + 4 + HEADER.unpack_from(buffer, start)[0]
+                if stop > end:
+                    break
+                if self.role_seen:
+                    with memoryview(buffer) as view:
+                        self.transport.write(view[start:stop].tobytes())  # the frame as it came
+                self.role_seen = True
+                start = stop
+            if start:
+                buffer[: end - start] = buffer[start:end]  # (the same length: no resize)
+            self.end = end - start
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        if impl == "raw_uvloop":
+            server = await loop.create_server(RawUvloopEcho, "127.0.0.1", port, ssl=server_ssl())
+        else:
+            import logging
+
+            from picows import WSListener, WSMsgType, ws_create_server
+
+            logging.getLogger("picows").setLevel(logging.ERROR)  # not a warning per full socket buffer
+
+            class Echo(WSListener):  # type: ignore[misc]
+                def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                    if frame.msg_type == WSMsgType.CLOSE:
+                        transport.send_close(frame.get_close_code(), frame.get_close_message())
+                        transport.disconnect()
+                    elif frame.msg_type in (WSMsgType.BINARY, WSMsgType.TEXT):  # unfragmented: all clients here
+                        transport.send(frame.msg_type, frame.get_payload_as_memoryview())
+
+            server = await ws_create_server(
+                lambda request: Echo(), "127.0.0.1", port, max_frame_size=MAX_SIZE, ssl=server_ssl()
+            )
+        _ready()
+        await loop.run_in_executor(None, sys.stdin.read)
+        server.close()
+
+    uvloop.run(serve())
+
+
 # --- fast synchronous references: blocking sockets, C masking -------------------------------------
 #
 # The lowest-overhead peers Python offers: no event loop, one thread per
@@ -1113,6 +1200,8 @@ def main() -> None:
     if args.role == "server":
         if args.impl in sync_impls:
             sync_server(args.impl, args.port)
+        elif args.impl in ("picows", "raw_uvloop"):
+            uvloop_server(args.impl, args.port)
         elif args.impl in asyncio_impls:
             import asyncio
 
