@@ -749,7 +749,7 @@ class Engine:
                     if stop != _NEED_DATA:
                         continue
                     try:
-                        data = await transport.receive(protocol.wants)
+                        data = await transport.receive(protocol.wants, exactly=protocol.read_limit or None)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         if not transport.closed:
                             await self._abort(f"the transport failed ({describe(exc)})")

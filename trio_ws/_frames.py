@@ -74,6 +74,9 @@ _COMPACT_AT = 1 << 16  # drop consumed bytes from the buffer once this many have
 # piece by piece so that invalid UTF-8 fails at the first bad piece (RFC 6455
 # 8.1, "fail fast").
 _WHOLE_FRAME = 1 << 20
+# An awaited frame that misses at least this much keeps what comes for it in
+# parts, joined once (see FrameReader._parts); less is appended to the buffer.
+_JOIN_AT = 1 << 16
 
 
 class FrameError(Exception):
@@ -96,9 +99,11 @@ class FrameReader:
         "_frame_flags",
         "_frame_key",
         "_frame_left",
+        "_last_length",
         "_max_whole",
         "_msg_flags",
         "_msg_op",
+        "_parts",
         "_pos",
         "_rsv1_ok",
         "wants",
@@ -111,6 +116,12 @@ class FrameReader:
         self._max_whole = min(max_whole, _WHOLE_FRAME)  # never wait for more than a message may hold
         self._buf = bytearray()
         self._pos = 0
+        # While a whole frame is awaited (see next_piece): the bytes fed since,
+        # kept as they came and joined once, into the payload, when all are here.
+        # (Appended to the buffer instead, each would be copied into it, often
+        # with the buffer moving as it grows, and then copied out again.)
+        self._parts: list[bytes | bytearray] | None = None
+        self._last_length = 0  # of the last data frame taken whole: the next is likely alike
         #: How many more bytes the frame under way needs (0: unknown, a new
         #: frame), so that the transport can read that much at once.
         self.wants = 0
@@ -125,11 +136,30 @@ class FrameReader:
         self._msg_flags = 0
 
     @property
+    def read_limit(self) -> int:
+        """The most the next read should take (0: no limit).
+
+        After a large frame, a client reads the next frame's header alone
+        (10 bytes, unmasked, for a frame of 64 KiB or more): the rest of the
+        frame is then read by itself, and when one read brings all of it,
+        those bytes *are* the payload, not copied again.  (A small frame
+        after a large one costs one more read; a server's frames are masked,
+        so unmasking copies them anyway.)
+        """
+        if self._last_length > _JOIN_AT and self._pos == len(self._buf) and not self._expect_mask:
+            return 10
+        return 0
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not decoded yet."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + sum(len(part) for part in self._parts or ())
 
     def feed(self, data: bytes | bytearray) -> None:
+        if self._parts is not None:  # the rest of an awaited frame
+            self._parts.append(data)
+            self.wants = max(self.wants - len(data), 0)
+            return
         if self._pos >= _COMPACT_AT or self._pos == len(self._buf):
             del self._buf[: self._pos]
             self._pos = 0
@@ -142,6 +172,8 @@ class FrameReader:
         """
         if self._frame_left:
             return self._continue_frame()
+        if self.wants and self._parts is not None:
+            return None  # an awaited frame is not all here yet
         buf, pos = self._buf, self._pos
         available = len(buf) - pos
         if available < 2:
@@ -175,20 +207,25 @@ class FrameReader:
         else:
             message_op, flags = self._msg_op, self._msg_flags
         fin = first & 0x80
-        if end <= len(buf):
+        if end <= len(buf) or self._parts is not None:  # (parts: the awaited frame, now complete)
             # The whole frame is here: the common case, in one step.
             self.wants = 0
-            self._pos = end
             if fin:
                 self._msg_op = 0
                 flags |= LAST
             else:
                 self._msg_op, self._msg_flags = message_op, flags & COMPRESSED
+            if self._parts is not None:
+                return (message_op, self._join(pos + head, end, key), flags)
+            self._pos = end
+            self._last_length = length
             return (message_op, _take(buf, pos + head, end, key), flags)
         if message_op == BINARY and not flags & COMPRESSED and length <= self._max_whole:
             # Wait for the rest, to take it in one piece.  Nothing is
             # consumed: the header is read (and checked) again then.
             self.wants = end - len(buf)
+            if self.wants >= _JOIN_AT:
+                self._parts = []
             return None
         # Only part of the payload is here: take what there is, wait for the rest.
         self._pos = pos + head
@@ -196,6 +233,28 @@ class FrameReader:
         self._frame_flags, self._frame_fin, self._frame_left = flags, bool(fin), length
         self._frame_key, self._frame_done = key, 0
         return self._continue_frame()
+
+    def _join(self, start: int, end: int, key: bytes) -> bytes:
+        """The awaited frame's payload, ``buf[start:]`` and the parts up to ``end`` (counted
+        as if they were in the buffer), in one copy; the bytes past it become the buffer."""
+        buf, parts = self._buf, self._parts
+        assert parts
+        self._parts = None
+        self._last_length = end - start
+        last = parts[-1]
+        cut = len(last) - (len(buf) + sum(len(part) for part in parts) - end)  # the frame's bytes in it
+        if start == len(buf) and cut == len(last) and len(parts) == 1 and not key and type(last) is bytes:
+            # One read brought the whole payload: it is the message as it is.
+            buf.clear()
+            self._pos = 0
+            return last
+        first, end_part = memoryview(buf)[start:], memoryview(last)[:cut]
+        payload = b"".join([first, *parts[:-1], end_part])
+        first.release()  # (a view of the buffer would keep it from being resized below)
+        end_part.release()
+        buf[:] = last[cut:]
+        self._pos = 0
+        return apply_mask(payload, key) if key else payload
 
     def _extended_length(self, length: int, available: int) -> tuple[int, int]:
         """``(header size without the mask, payload length)``; ``(0, 0)`` if not all here."""

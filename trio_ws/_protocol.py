@@ -289,6 +289,11 @@ class Protocol:
         return self._reader.wants if self._reader is not None else 0
 
     @property
+    def read_limit(self) -> int:
+        """The most the next read should take (0: no limit; see ``FrameReader.read_limit``)."""
+        return self._reader.read_limit if self._reader is not None else 0
+
+    @property
     def ending(self) -> Ending:
         """What to do with the transport now, after writing ``data_to_send()``."""
         state = self.state
