@@ -131,6 +131,22 @@ async def test_large_messages_and_no_interleaving() -> None:
         assert received == {big_a, big_b}
 
 
+async def test_large_and_small_messages_over_tcp_arrive_whole_and_in_order(nursery: trio.Nursery) -> None:
+    """A client over plain TCP: the header-alone reads after large frames, the joined parts."""
+    sizes = [300_000, 2**20, 5, 2**20, 70_000, 1, 200_000, 0, 2**20]
+    messages = [bytes([n]) * size for n, size in enumerate(sizes)]
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        for message in messages:
+            await ws.send_message(message)
+        await ws.get_message()  # until the client closes
+
+    server = await start_server(nursery, handler, max_message_size=2**20)
+    async with open_websocket(HOST, server.port, "/", use_ssl=False, max_message_size=2**20) as ws:
+        assert [await ws.get_message() for _ in messages] == messages
+
+
 async def test_messages_before_remote_close_are_delivered() -> None:
     async with websocket_pair(message_queue_size=2) as (client, server):
         await server.send_message("1")

@@ -308,6 +308,58 @@ def test_a_binary_continuation_frame_is_taken_whole_too() -> None:
     assert read_all(server_reader(), data, step=100) == [(BINARY, b"a", FIRST), (BINARY, b"b" * 5000, LAST)]
 
 
+def test_a_large_awaited_frame_is_joined_and_the_next_frame_kept() -> None:
+    """The rest of a large frame comes in parts, the last one with the next frame's start."""
+    payload = os.urandom(300_000)
+    reader = server_reader()
+    data = client_frame(BINARY, payload) + client_frame(TEXT, b"next")
+    pieces = read_all(reader, data, step=70_000)
+    assert pieces == [(BINARY, payload, FIRST | LAST), (TEXT, b"next", FIRST | LAST)]
+    assert reader.buffered == 0
+    assert reader.read_limit == 0  # a server's frames come masked: unmasking copies anyway
+
+
+def test_a_client_reads_a_header_alone_after_a_large_frame_and_takes_the_next_read_as_the_payload() -> None:
+    first, second = os.urandom(200_000), os.urandom(200_000)
+    reader = client_reader()
+    assert reader.read_limit == 0  # no large frame yet
+    data = raw_frame(BINARY, first, mask=False)
+    assert read_all(reader, data[:65536]) == []
+    assert reader.read_limit == 0  # (bytes are buffered)
+    assert read_all(reader, data[65536:]) == [(BINARY, first, FIRST | LAST)]
+    assert reader.read_limit == 10  # the next frame's header: 2 bytes, an 8-byte length, no mask
+    reader.feed(raw_frame(BINARY, second, mask=False)[:10])
+    assert reader.next_piece() is None
+    assert reader.wants == len(second)
+    reader.feed(second)
+    piece = reader.next_piece()
+    assert piece == (BINARY, second, FIRST | LAST)
+    assert piece[1] is second  # the read's bytes themselves: no copy
+    reader.feed(raw_frame(BINARY, b"small", mask=False) + raw_frame(TEXT, b"x" * 200_000, mask=False)[:9])
+    assert reader.next_piece() == (BINARY, b"small", FIRST | LAST)
+    assert reader.read_limit == 0  # after a small frame, reads are sized as usual
+    reader.feed(b"\x40" + b"x" * 100_000)  # the text frame's header ends here, its payload goes in pieces
+    assert reader.next_piece() == (TEXT, b"x" * 100_000, FIRST)
+    reader.feed(b"x" * 100_000)
+    assert reader.next_piece() == (TEXT, b"x" * 100_000, LAST)
+    assert reader.read_limit == 0
+
+
+def test_a_payload_read_in_several_parts_is_joined_and_a_bytearray_copied() -> None:
+    """Only one ``bytes`` read that is exactly the payload is taken as it is (TLS reads are bytearrays)."""
+    payload = os.urandom(150_000)
+    for parts in ([payload[:70_000], payload[70_000:]], [bytearray(payload)]):
+        reader = client_reader()
+        read_all(reader, raw_frame(BINARY, b"\0" * 100_000, mask=False), step=50_000)
+        reader.feed(raw_frame(BINARY, payload, mask=False)[:10])
+        assert reader.next_piece() is None
+        for part in parts:
+            reader.feed(part)
+        piece = reader.next_piece()
+        assert piece == (BINARY, payload, FIRST | LAST)
+        assert type(piece[1]) is bytes
+
+
 def test_a_binary_frame_over_1_mib_goes_in_pieces() -> None:
     payload = b"\x00" * (2**20 + 1)
     pieces = read_all(server_reader(max_whole=2**21), client_frame(BINARY, payload), step=2**19)
