@@ -146,9 +146,9 @@ class FrameReader:
         after a large one costs one more read; a server's frames are masked,
         so unmasking copies them anyway.)
         """
-        if self._last_length > _JOIN_AT and self._pos == len(self._buf) and not self._expect_mask:
-            return 10
-        return 0
+        # (Only between frames: inside one, its rest is read in as few reads as can be.)
+        between = self._pos == len(self._buf) and not self._frame_left and not self.wants
+        return 10 if between and self._last_length > _JOIN_AT and not self._expect_mask else 0
 
     @property
     def buffered(self) -> int:
