@@ -17,7 +17,9 @@ common case).  A frame that arrives in pieces is handed on piece by piece,
 so memory stays bounded and an error in its content (invalid UTF-8) is found
 at the first bad piece, except a binary frame of up to 1 MiB, which is
 cheaper to wait for and take whole (``wants`` tells the reader how much
-more to read).
+more to read).  What arrives for such a frame is kept as it came and joined
+once; and a client reads the header after a large frame alone, so that a
+read that brings a whole payload is the message itself, uncopied.
 """
 
 from __future__ import annotations
@@ -99,13 +101,14 @@ class FrameReader:
         "_frame_flags",
         "_frame_key",
         "_frame_left",
-        "_last_length",
+        "_large_header",
         "_max_whole",
         "_msg_flags",
         "_msg_op",
         "_parts",
         "_pos",
         "_rsv1_ok",
+        "read_limit",
         "wants",
     )
 
@@ -121,7 +124,17 @@ class FrameReader:
         # (Appended to the buffer instead, each would be copied into it, often
         # with the buffer moving as it grows, and then copied out again.)
         self._parts: list[bytes | bytearray] | None = None
-        self._last_length = 0  # of the last data frame taken whole: the next is likely alike
+        #: The most the next read should take (0: no limit).  After a large
+        #: frame, when nothing is left in the buffer, a client reads the next
+        #: frame's header alone (10 bytes: unmasked, with an 8-byte length, if
+        #: it is large too): the rest of the frame is then read by itself, and
+        #: when one read brings all of it, those bytes *are* the payload, not
+        #: copied again.  A small frame after a large one costs one more read;
+        #: a server's frames are masked, so unmasking copies them anyway.  (An
+        #: attribute, set where a frame ends and cleared by feed(): the reader
+        #: task asks for it before every read.)
+        self.read_limit = 0
+        self._large_header = 0 if self._expect_mask else 10
         #: How many more bytes the frame under way needs (0: unknown, a new
         #: frame), so that the transport can read that much at once.
         self.wants = 0
@@ -136,26 +149,12 @@ class FrameReader:
         self._msg_flags = 0
 
     @property
-    def read_limit(self) -> int:
-        """The most the next read should take (0: no limit).
-
-        After a large frame, a client reads the next frame's header alone
-        (10 bytes, unmasked, for a frame of 64 KiB or more): the rest of the
-        frame is then read by itself, and when one read brings all of it,
-        those bytes *are* the payload, not copied again.  (A small frame
-        after a large one costs one more read; a server's frames are masked,
-        so unmasking copies them anyway.)
-        """
-        # (Only between frames: inside one, its rest is read in as few reads as can be.)
-        between = self._pos == len(self._buf) and not self._frame_left and not self.wants
-        return 10 if between and self._last_length > _JOIN_AT and not self._expect_mask else 0
-
-    @property
     def buffered(self) -> int:
         """Bytes received and not decoded yet."""
         return len(self._buf) - self._pos + sum(len(part) for part in self._parts or ())
 
     def feed(self, data: bytes | bytearray) -> None:
+        self.read_limit = 0
         if self._parts is not None:  # the rest of an awaited frame
             self._parts.append(data)
             self.wants = max(self.wants - len(data), 0)
@@ -218,7 +217,8 @@ class FrameReader:
             if self._parts is not None:
                 return (message_op, self._join(pos + head, end, key), flags)
             self._pos = end
-            self._last_length = length
+            if length > _JOIN_AT and end == len(buf):
+                self.read_limit = self._large_header
             return (message_op, _take(buf, pos + head, end, key), flags)
         if message_op == BINARY and not flags & COMPRESSED and length <= self._max_whole:
             # Wait for the rest, to take it in one piece.  Nothing is
@@ -240,13 +240,13 @@ class FrameReader:
         buf, parts = self._buf, self._parts
         assert parts
         self._parts = None
-        self._last_length = end - start
         last = parts[-1]
         cut = len(last) - (len(buf) + sum(len(part) for part in parts) - end)  # the frame's bytes in it
         if start == len(buf) and cut == len(last) and len(parts) == 1 and not key and type(last) is bytes:
             # One read brought the whole payload: it is the message as it is.
             buf.clear()
             self._pos = 0
+            self.read_limit = self._large_header
             return last
         first, end_part = memoryview(buf)[start:], memoryview(last)[:cut]
         payload = b"".join([first, *parts[:-1], end_part])
@@ -254,6 +254,8 @@ class FrameReader:
         end_part.release()
         buf[:] = last[cut:]
         self._pos = 0
+        if not buf:
+            self.read_limit = self._large_header
         return apply_mask(payload, key) if key else payload
 
     def _extended_length(self, length: int, available: int) -> tuple[int, int]:
