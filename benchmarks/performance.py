@@ -20,7 +20,7 @@ Parts (in this order):
 - ``compression``: ``compression.py``, permessage-deflate memory, ratio and
   speed against websockets.trio;
 - ``idle``: ``idle.py``, many idle connections to one server process;
-- ``picows``: ``bench.py --peer picows``, the client role against a
+- ``picows``: ``bench.py --peer picows --role client``, the client role against a
   picows/uvloop server (raw trio against a uvloop echo).
 
 Each script can be run alone, with more options; benchmarks/README.md says how.
@@ -48,7 +48,7 @@ PARTS: dict[str, tuple[list[str], list[str], str]] = {
     "compression": (["compression.py"], ["--quick"], "compression-*.json"),
     "idle": (["idle.py"], ["--quick"], "idle-*.json"),
     "picows": (
-        ["bench.py", "--peer", "picows", "--only", "64 KiB MB/s", "1 MiB MB/s"],
+        ["bench.py", "--peer", "picows", "--role", "client", "--only", "64 KiB MB/s", "1 MiB MB/s"],
         ["--rounds", "1"],
         "bench-*-picows.json",
     ),
