@@ -69,13 +69,21 @@ IDLE = ("KiB/idle conn", "idle", "kib_per_conn", False)
 
 
 def ensure_peers() -> None:
-    if PEERS_PY.exists():
+    """Make benchmarks/.venv-peers, or bring it up to date when requirements-peers.txt changed
+    since it was installed (a copy of what was installed is kept in the venv)."""
+    wanted = (HERE / "requirements-peers.txt").read_text()
+    installed = PEERS_VENV / "requirements-installed.txt"
+    if PEERS_PY.exists() and installed.exists() and installed.read_text() == wanted:
         return
-    print("making benchmarks/.venv-peers ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    if not PEERS_PY.exists():
+        print("making benchmarks/.venv-peers ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    else:
+        print("updating benchmarks/.venv-peers to requirements-peers.txt ...", flush=True)
     subprocess.run(
         [str(PEERS_PY), "-m", "pip", "install", "--quiet", "-r", str(HERE / "requirements-peers.txt")], check=True
     )
+    installed.write_text(wanted)
 
 
 def free_port() -> int:
