@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import resource
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +74,71 @@ def emit(tag: str, payload: dict[str, Any]) -> None:
         print(f"{tag} {json.dumps(payload, separators=(',', ':'))}", flush=True)
     except BrokenPipeError:  # the orchestrator is gone; keep going quietly to our own end
         pass
+
+
+class ChildFailed(RuntimeError):
+    """A child process ended, or did not answer in time."""
+
+
+class Child:
+    """A process a benchmark script started from itself (``script argv...``, with ``python``):
+    JSON commands on its stdin, ``TAG {json}`` lines on its stdout (see :func:`emit`); any
+    other line it prints is shown, prefixed with its name."""
+
+    def __init__(self, name: str, script: str, argv: list[str], python: str | Path = sys.executable) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [str(python), str(Path(script).resolve()), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.pid = self.proc.pid
+        self.lines: queue.Queue[tuple[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            tag, _, rest = line.rstrip("\n").partition(" ")
+            if tag.isupper() and rest.startswith("{"):
+                self.lines.put((tag, json.loads(rest)))
+            else:
+                print(f"[{self.name}] {line}", end="", flush=True)
+        self.lines.put(("EOF", None))
+
+    def send(self, **command: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, tag: str, timeout: float) -> dict[str, Any] | None:
+        """The next line tagged ``tag`` (others are dropped); ``None`` after ``timeout`` s.
+        :exc:`ChildFailed` if the process ended (or reported ``FAILED``) first."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got, payload = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if got == tag:
+                return payload  # type: ignore[no-any-return]
+            if got in ("EOF", "FAILED"):
+                raise ChildFailed(f"{self.name} ended ({got} {payload}) while we waited for {tag}")
+        return None
+
+    def need(self, tag: str, timeout: float) -> dict[str, Any]:
+        """As :meth:`expect`, with :exc:`ChildFailed` after ``timeout`` s."""
+        answer = self.expect(tag, timeout)
+        if answer is None:
+            raise ChildFailed(f"{self.name}: no {tag} within {timeout:g} s")
+        return answer
+
+    def request(self, tag: str, timeout: float, **command: Any) -> dict[str, Any]:
+        """Send ``command``, wait for the answer tagged ``tag``."""
+        self.send(**command)
+        return self.need(tag, timeout)
+
+    def stop(self) -> None:
+        stop_child(self.proc, 10)

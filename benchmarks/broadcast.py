@@ -52,10 +52,8 @@ import argparse
 import asyncio
 import json
 import os
-import queue
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -64,7 +62,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from _procs import emit, raise_nofile, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import Child, emit, raise_nofile, rss  # benchmarks/_procs.py (this directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
@@ -78,14 +76,6 @@ SLACK = 16 * MIB  # RSS growth allowed on top of write_limit + one message per s
 
 
 # --- shared -------------------------------------------------------------------------------------
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def message_for(seq: int, size: int) -> bytes:
@@ -503,64 +493,6 @@ async def compression_costs(args: argparse.Namespace) -> int:
 # --- the orchestrator --------------------------------------------------------------------------
 
 
-class Child:
-    """A process this script started: JSON commands on stdin, tagged JSON lines on stdout."""
-
-    def __init__(self, name: str, python: Path | str, argv: list[str]) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            [str(python), str(Path(__file__).resolve()), *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.pid = self.proc.pid
-        self.lines: queue.Queue[tuple[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            tag, _, rest = line.rstrip("\n").partition(" ")
-            if tag.isupper() and rest.startswith("{"):
-                self.lines.put((tag, json.loads(rest)))
-            else:
-                print(f"[{self.name}] {line}", end="", flush=True)
-        self.lines.put(("EOF", None))
-
-    def send(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, tag: str, timeout: float) -> dict[str, Any] | None:
-        """The next line tagged ``tag`` (others are dropped); ``None`` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                got, payload = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if got == tag:
-                return payload  # type: ignore[no-any-return]
-            if got in ("EOF", "FAILED"):
-                raise RuntimeError(f"{self.name} ended ({got} {payload}) while we waited for {tag}")
-
-    def request(self, tag: str, timeout: float, **command: Any) -> dict[str, Any]:
-        self.send(**command)
-        answer = self.expect(tag, timeout)
-        if answer is None:
-            raise RuntimeError(f"{self.name}: no {tag} within {timeout:g} s")
-        return answer
-
-    def stop(self) -> None:
-        stop_child(self.proc, 10)
-
-
 class RssSampler:
     """The peak VmRSS of a process, sampled every 50 ms in a thread while running."""
 
@@ -662,7 +594,9 @@ def run_method(
     port = free_port()
     lifetime = str(args.timeout * 10 + 300)
     server_argv = ["server", "--impl", impl, "--port", str(port), "--write-limit", str(write_limit)]
-    server = Child(f"{method} server", python, [*server_argv, "--sndbuf", str(args.sndbuf), "--lifetime", lifetime])
+    server = Child(
+        f"{method} server", __file__, [*server_argv, "--sndbuf", str(args.sndbuf), "--lifetime", lifetime], python
+    )
     client: Child | None = None
     rows: list[dict[str, Any]] = []
     try:
@@ -670,7 +604,7 @@ def run_method(
             raise RuntimeError("the server did not start")
         client = Child(
             "client",
-            sys.executable,
+            __file__,
             [
                 "client",
                 "--port",

@@ -62,11 +62,9 @@ import gc
 import json
 import math
 import os
-import queue
 import resource
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -76,7 +74,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from _procs import cpu_seconds, emit, raise_nofile, rss, stop_child  # benchmarks/_procs.py (on sys.path)
+from _procs import (  # benchmarks/_procs.py (on sys.path)
+    Child,
+    ChildFailed,
+    cpu_seconds,
+    emit,
+    raise_nofile,
+    rss,
+)
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"  # the server; clients bind 127.0.0.2 and up
@@ -425,60 +430,7 @@ async def client_main(args: argparse.Namespace) -> int:
 # --- the orchestrator ---------------------------------------------------------------------------
 
 
-class Child:
-    """A process this script started: JSON commands on stdin, tagged JSON lines on stdout."""
-
-    def __init__(self, name: str, argv: list[str]) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.pid = self.proc.pid
-        self.lines: queue.Queue[tuple[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            tag, _, rest = line.rstrip("\n").partition(" ")
-            if tag.isupper() and rest.startswith("{"):
-                self.lines.put((tag, json.loads(rest)))
-            else:
-                print(f"[{self.name}] {line}", end="", flush=True)
-        self.lines.put(("EOF", None))
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd}) + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, tag: str, timeout: float) -> dict[str, Any]:
-        """The next line tagged ``tag`` (others are dropped)."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got, payload = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if got == tag:
-                return payload  # type: ignore[no-any-return]
-            if got in ("EOF", "FAILED"):
-                raise StepFailed(f"{self.name} ended ({got} {payload}) while we waited for {tag}")
-        raise StepFailed(f"{self.name}: no {tag} within {timeout:g} s")
-
-    def request(self, cmd: str, tag: str, timeout: float = 30) -> dict[str, Any]:
-        self.send(cmd)
-        return self.expect(tag, timeout)
-
-    def stop(self) -> None:
-        stop_child(self.proc, 10)
-
-
-class StepFailed(Exception):
+class StepFailed(ChildFailed):
     """A process died or a step did not finish in time (exit status 2)."""
 
 
@@ -608,15 +560,15 @@ class Run:
         self.port = port
         lifetime = str(args.lifetime)
         server_argv = ["server", "--port", str(port), "--lifetime", lifetime]
-        self.server = Child("server", [*server_argv, "--ping-interval", str(self.interval or 0)])
-        self.result["server_nofile"] = self.server.expect("READY", 30)["nofile"]
+        self.server = Child("server", __file__, [*server_argv, "--ping-interval", str(self.interval or 0)])
+        self.result["server_nofile"] = self.server.need("READY", 30)["nofile"]
         shares = split(self.n, args.clients)
         for i, share in enumerate(shares):
             source = f"127.0.0.{2 + i}"
             argv = ["client", "--port", str(port), "--source", source, "--connections", str(share)]
-            self.clients.append(Child(f"client {source}", [*argv, "--lifetime", lifetime]))
+            self.clients.append(Child(f"client {source}", __file__, [*argv, "--lifetime", lifetime]))
         for client in self.clients:
-            client.expect("READY", 30)
+            client.need("READY", 30)
         self.result["clients"] = [{"source": f"127.0.0.{2 + i}", "connections": s} for i, s in enumerate(shares)]
         self.open_probe().close()  # warm-up: the server's code paths run before anything is measured
 
@@ -639,7 +591,7 @@ class Run:
 
     def settled_rss(self) -> int:
         assert self.server is not None
-        self.server.request("gc", "GC")
+        self.server.request("GC", 30, cmd="gc")
         time.sleep(self.args.settle)
         return rss(self.server.pid)
 
@@ -648,12 +600,12 @@ class Run:
         assert self.server is not None
         probe = self.open_probe()
         try:
-            self.server.request("pauses", "PAUSES")
+            self.server.request("PAUSES", 30, cmd="pauses")
             cpu, started = cpu_seconds(self.server.pid), time.monotonic()
             rtts = probe.run(self.args.echoes, self.args.window)
             wall = time.monotonic() - started
             cpu = cpu_seconds(self.server.pid) - cpu
-            pauses = self.server.request("pauses", "PAUSES")
+            pauses = self.server.request("PAUSES", 30, cmd="pauses")
         finally:
             probe.close()
         self.result[name] = {
@@ -668,9 +620,9 @@ class Run:
         assert self.server is not None
         rss_before, cpu, started = self.settled_rss(), cpu_seconds(self.server.pid), time.monotonic()
         for client in self.clients:
-            client.send("open")
+            client.send(cmd="open")
         timeout = 60 + self.n / 200
-        opened = [client.expect("OPEN", timeout) for client in self.clients]
+        opened = [client.need("OPEN", timeout) for client in self.clients]
         seconds = time.monotonic() - started
         cpu_open = cpu_seconds(self.server.pid) - cpu
         got = sum(o["connections"] for o in opened)
@@ -681,7 +633,7 @@ class Run:
                 self.problems.append(f"opening: {o['first_error']}")
         if got != self.n:
             self.problems.append(f"opened {got} of {self.n} connections ({dict(errors)})")
-        on_server = self.server.request("stats", "STATS")["connections"]
+        on_server = self.server.request("STATS", 30, cmd="stats")["connections"]
         if on_server != got:
             self.problems.append(f"the server holds {on_server} connections, not {got}")
         rss_after = self.settled_rss()
@@ -700,12 +652,12 @@ class Run:
         """The probe's window while the keepalive pings every idle connection at least once."""
         assert self.server is not None
         assert self.interval is not None
-        before = self.server.request("counters", "COUNTERS")
+        before = self.server.request("COUNTERS", 30, cmd="counters")
         for client in self.clients:
-            client.request("mark", "MARKED")
+            client.request("MARKED", 30, cmd="mark")
         self.window("sweep")
-        after = self.server.request("counters", "COUNTERS")
-        reports = [client.request("stats", "STATS", 60) for client in self.clients]
+        after = self.server.request("COUNTERS", 30, cmd="counters")
+        reports = [client.request("STATS", 60, cmd="stats") for client in self.clients]
         first = [t for r in reports for t in r["first_pings"]]
         pings = sum(r["pings"] for r in reports)
         span = sweep_span(first, self.interval)
@@ -727,8 +679,8 @@ class Run:
     def finish(self) -> None:
         """Nothing closed by surprise: every connection is still there at the end."""
         assert self.server is not None
-        stats = self.server.request("stats", "STATS")
-        reports = [client.request("stats", "STATS", 60) for client in self.clients]
+        stats = self.server.request("STATS", 30, cmd="stats")
+        reports = [client.request("STATS", 60, cmd="stats") for client in self.clients]
         lost = sum(r["lost"] + r["closed_by_server"] for r in reports)
         unexpected = sum(r["unexpected"] for r in reports)
         self.result.update(server_endings=stats["endings"], client_lost=lost, client_unexpected=unexpected)
@@ -837,7 +789,7 @@ def main_bench(args: argparse.Namespace) -> int:
         print(f"keepalive off: {idle['opened']:,} open in {idle['open_seconds']:.1f} s", flush=True)
         sweep, more = measure(args, n, args.ping_interval)
         problems += more
-    except (StepFailed, OSError) as exc:
+    except (ChildFailed, OSError) as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 2
     if idle["kib_per_connection"] > args.max_kib:
