@@ -7,6 +7,7 @@ stdin/stdout, and must leave nothing behind; this is the one copy of how.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -142,3 +143,18 @@ class Child:
 
     def stop(self) -> None:
         stop_child(self.proc, 10)
+
+
+def asyncio_stdin_lines() -> asyncio.Queue[str]:
+    """The lines of stdin, for an asyncio child (call it in the running loop): a thread reads
+    them into the queue, then an empty string at EOF, when the orchestrator's pipe closes."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, "")
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    return lines

@@ -62,7 +62,13 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from _procs import Child, emit, raise_nofile, rss  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import (  # benchmarks/_procs.py (this directory is on sys.path)
+    Child,
+    asyncio_stdin_lines,
+    emit,
+    raise_nofile,
+    rss,
+)
 
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
@@ -377,14 +383,7 @@ async def client_main(args: argparse.Namespace) -> int:
     raise_nofile()
     loop = asyncio.get_running_loop()
     client = Client(args)
-    lines: asyncio.Queue[str] = asyncio.Queue()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-        loop.call_soon_threadsafe(lines.put_nowait, "")
-
-    threading.Thread(target=read_stdin, daemon=True).start()
+    lines = asyncio_stdin_lines()
     started = time.monotonic()
     try:
         await asyncio.wait_for(client.open_all(), args.lifetime)

@@ -66,7 +66,6 @@ import resource
 import socket
 import struct
 import sys
-import threading
 import time
 from collections import Counter
 from functools import partial
@@ -77,6 +76,7 @@ from typing import Any
 from _procs import (  # benchmarks/_procs.py (on sys.path)
     Child,
     ChildFailed,
+    asyncio_stdin_lines,
     cpu_seconds,
     emit,
     raise_nofile,
@@ -382,14 +382,7 @@ async def client_main(args: argparse.Namespace) -> int:
     gc.disable()
     loop = asyncio.get_running_loop()
     client = Client(args)
-    lines: asyncio.Queue[str] = asyncio.Queue()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-        loop.call_soon_threadsafe(lines.put_nowait, "")
-
-    threading.Thread(target=read_stdin, daemon=True).start()
+    lines = asyncio_stdin_lines()
     emit("READY", {"pid": os.getpid(), "nofile": nofile})
     deadline = loop.time() + args.lifetime
     while True:
