@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,10 @@ class Child:
         stop_child(self.proc, 10)
 
 
-def asyncio_stdin_lines() -> asyncio.Queue[str]:
-    """The lines of stdin, for an asyncio child (call it in the running loop): a thread reads
-    them into the queue, then an empty string at EOF, when the orchestrator's pipe closes."""
+async def asyncio_commands(lifetime: float) -> AsyncIterator[dict[str, Any]]:
+    """The JSON commands on stdin, for an asyncio child: until EOF (the orchestrator's pipe
+    closed) or ``lifetime`` seconds from the first call, whichever comes first.  A thread
+    reads the lines, so that the event loop never blocks on the pipe."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str] = asyncio.Queue()
 
@@ -157,4 +159,12 @@ def asyncio_stdin_lines() -> asyncio.Queue[str]:
         loop.call_soon_threadsafe(lines.put_nowait, "")
 
     threading.Thread(target=read_stdin, daemon=True).start()
-    return lines
+    deadline = loop.time() + lifetime
+    while True:
+        try:
+            line = await asyncio.wait_for(lines.get(), max(0.1, deadline - loop.time()))
+        except TimeoutError:
+            return
+        if not line:
+            return
+        yield json.loads(line)

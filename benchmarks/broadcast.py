@@ -64,7 +64,7 @@ from typing import Any
 
 from _procs import (  # benchmarks/_procs.py (this directory is on sys.path)
     Child,
-    asyncio_stdin_lines,
+    asyncio_commands,
     emit,
     raise_nofile,
     rss,
@@ -381,9 +381,7 @@ class Client:
 
 async def client_main(args: argparse.Namespace) -> int:
     raise_nofile()
-    loop = asyncio.get_running_loop()
     client = Client(args)
-    lines = asyncio_stdin_lines()
     started = time.monotonic()
     try:
         await asyncio.wait_for(client.open_all(), args.lifetime)
@@ -391,15 +389,7 @@ async def client_main(args: argparse.Namespace) -> int:
         emit("FAILED", {"error": f"{type(exc).__name__}: {exc}"})
         return 2
     emit("OPEN", {"connections": len(client.conns), "seconds": time.monotonic() - started})
-    deadline = loop.time() + args.lifetime
-    while True:
-        try:
-            line = await asyncio.wait_for(lines.get(), max(0.1, deadline - loop.time()))
-        except TimeoutError:
-            break
-        if not line:
-            break
-        command = json.loads(line)
+    async for command in asyncio_commands(args.lifetime):
         if command["cmd"] == "expect":
             client.expect(command)
             emit("EXPECTING", {})

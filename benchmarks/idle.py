@@ -76,7 +76,7 @@ from typing import Any
 from _procs import (  # benchmarks/_procs.py (on sys.path)
     Child,
     ChildFailed,
-    asyncio_stdin_lines,
+    asyncio_commands,
     cpu_seconds,
     emit,
     raise_nofile,
@@ -382,17 +382,10 @@ async def client_main(args: argparse.Namespace) -> int:
     gc.disable()
     loop = asyncio.get_running_loop()
     client = Client(args)
-    lines = asyncio_stdin_lines()
     emit("READY", {"pid": os.getpid(), "nofile": nofile})
     deadline = loop.time() + args.lifetime
-    while True:
-        try:
-            line = await asyncio.wait_for(lines.get(), max(0.1, deadline - loop.time()))
-        except TimeoutError:
-            break
-        if not line:
-            break
-        command = json.loads(line)["cmd"]
+    async for message in asyncio_commands(args.lifetime):
+        command = message["cmd"]
         if command == "open":
             started = time.monotonic()
             try:
