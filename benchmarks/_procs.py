@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,14 @@ def stop_child(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             continue
     proc.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the kernel's choice), for a child to listen on."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def rss(pid: int) -> int:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,8 @@ import time
 from pathlib import Path
 from statistics import median
 from typing import Any
+
+from _procs import free_port  # benchmarks/_procs.py (this directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 PEERS_VENV = HERE / ".venv-peers"
@@ -84,13 +85,6 @@ def ensure_peers() -> None:
         [str(PEERS_PY), "-m", "pip", "install", "--quiet", "-r", str(HERE / "requirements-peers.txt")], check=True
     )
     installed.write_text(wanted)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --tls: the directory of ca.pem, cert.pem, key.pem that every peers.py process is given.

@@ -66,6 +66,7 @@ from _procs import (  # benchmarks/_procs.py (this directory is on sys.path)
     Child,
     asyncio_commands,
     emit,
+    free_port,
     raise_nofile,
     rss,
 )
@@ -505,13 +506,6 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def phase(

@@ -48,6 +48,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from _procs import free_port  # benchmarks/_procs.py (this directory is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
 PROJECT_PY = Path(sys.executable)
@@ -127,7 +129,7 @@ async def memory_child(impl: str, pairs: int) -> dict[str, Any]:
                 async for data in ws:
                     await ws.send(data)
 
-            port = _free_port()
+            port = free_port()
             await nursery.start(
                 lambda task_status: serve(
                     ws_echo, port, host="127.0.0.1", ping_interval=None, max_size=MAX_SIZE, task_status=task_status
@@ -196,13 +198,6 @@ async def ratio_child(impl: str) -> dict[str, Any]:
                 await server.get_message()
             sent[label] = client.statistics().bytes_sent
     return {"ratio": sent["plain"] / sent["deflate"]}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # --- children: the implementations under test, as echo servers and as clients ------------------
@@ -554,7 +549,7 @@ class Background:
 
 
 def speed(impl: str, role: str, payload: str, seconds: float, before: str | None) -> float:
-    port = _free_port()
+    port = free_port()
     deflate = impl != "trio_ws_plain"
     reference = str(PEERS_PY)
     if role == "server":

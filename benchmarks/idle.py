@@ -79,6 +79,7 @@ from _procs import (  # benchmarks/_procs.py (on sys.path)
     asyncio_commands,
     cpu_seconds,
     emit,
+    free_port,
     raise_nofile,
     rss,
 )
@@ -474,13 +475,6 @@ class Probe:
         except OSError:
             pass
         self.sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def read_limits(asked: int, reserve: int) -> dict[str, Any]:

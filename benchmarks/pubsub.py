@@ -30,6 +30,7 @@ import time
 from functools import partial
 
 import trio
+from _procs import free_port  # benchmarks/_procs.py (this directory is on sys.path)
 
 import trio_ws
 
@@ -121,13 +122,6 @@ async def bench_broadcast(peers: int, count: int) -> list[float]:
                 await trio.sleep(PACE)
         nursery.cancel_scope.cancel()
     return samples
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def bench_redis(count: int) -> list[float] | str:
