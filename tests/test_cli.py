@@ -63,6 +63,13 @@ class Output:
 ENV = {name: value for name, value in os.environ.items() if not name.lower().endswith("_proxy")}
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C as at a terminal.  A shell starts a background job (``.ci/run &``,
+    say) with SIGINT ignored, its children inherit that, and Python then installs no
+    KeyboardInterrupt handler: the Ctrl-C test would wait for an exit that cannot come."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @asynccontextmanager
 async def cli(*args: str, stdin: bool = False, env: dict[str, str] | None = None) -> AsyncIterator[trio.Process]:
     """Run ``python -m trio_ws ARGS``; on the way out kill it if still running, reap it, close its pipes."""
@@ -72,6 +79,7 @@ async def cli(*args: str, stdin: bool = False, env: dict[str, str] | None = None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV if env is None else env,
+        preexec_fn=_default_sigint,
     )
     try:
         yield process
