@@ -53,8 +53,8 @@ _UPGRADE_REQUIRED = HTTPResponse(
 _NOT_FOUND = HTTPResponse(404, [(b"content-type", b"text/plain; charset=utf-8")], b"404 Not Found\n")
 _SERVER_ERROR = HTTPResponse(500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n")
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
-# accept() errors that mean "not now" (out of descriptors or memory), not "never".
 _HANDLER_TASK = "trio_ws._server.WebSocketServer._handle_connection"  # (see _engine._READER_TASK)
+# accept() errors that mean "not now" (out of descriptors or memory), not "never".
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
