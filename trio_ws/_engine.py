@@ -748,8 +748,9 @@ class Engine:
                         # reading is still held back: by the backlog of Pongs it has not taken.
                     if stop != _NEED_DATA:
                         continue
+                    wants, exactly = protocol.next_read()
                     try:
-                        data = await transport.receive(protocol.wants, exactly=protocol.read_limit or None)
+                        data = await transport.receive(wants, exactly=exactly)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         if not transport.closed:
                             await self._abort(f"the transport failed ({describe(exc)})")

@@ -288,10 +288,15 @@ class Protocol:
         """How many more bytes the frame under way needs (0: no idea)."""
         return self._reader.wants if self._reader is not None else 0
 
-    @property
-    def read_limit(self) -> int:
-        """The most the next read should take (0: no limit; see ``FrameReader.read_limit``)."""
-        return self._reader.read_limit if self._reader is not None else 0
+    def next_read(self) -> tuple[int, int | None]:
+        """What the reader's next read should be: ``(wants, exactly)``, how many bytes the
+        frame under way still needs (0: no idea) and the most to take (``None``: no
+        limit; see ``FrameReader.read_limit``).  One call before every read, on the
+        reader's hot path, for both."""
+        reader = self._reader
+        if reader is None:
+            return 0, None
+        return reader.wants, reader.read_limit or None
 
     @property
     def ending(self) -> Ending:
