@@ -121,20 +121,9 @@ async def memory_child(impl: str, pairs: int) -> dict[str, Any]:
     message = small_message()
     keep: list[Any] = []
     async with trio.open_nursery() as nursery:
+        port = await start_echo_server(nursery, impl, 0)
         if impl == "websockets_trio":
             from websockets.trio.client import connect
-            from websockets.trio.server import serve
-
-            async def ws_echo(ws: Any) -> None:
-                async for data in ws:
-                    await ws.send(data)
-
-            port = free_port()
-            await nursery.start(
-                lambda task_status: serve(
-                    ws_echo, port, host="127.0.0.1", ping_interval=None, max_size=MAX_SIZE, task_status=task_status
-                )
-            )
 
             async def hold(task_status: Any) -> None:
                 # Its context manager runs a nursery: entered and left in a task of its own.
@@ -152,23 +141,9 @@ async def memory_child(impl: str, pairs: int) -> dict[str, Any]:
 
             compression = compression_for(impl)
 
-            async def echo(request: Any) -> None:
-                ws = await request.accept()
-                try:
-                    while True:
-                        await ws.send_message(await ws.get_message())
-                except trio_ws.ConnectionClosed:
-                    pass
-
-            server = await nursery.start(
-                lambda task_status: trio_ws.serve_websocket(
-                    echo, "127.0.0.1", 0, None, compression=compression, task_status=task_status
-                )
-            )
-
             async def open_pair() -> None:
                 ws = await trio_ws.connect_websocket(
-                    nursery, "127.0.0.1", server.port, "/", use_ssl=False, compression=compression
+                    nursery, "127.0.0.1", port, "/", use_ssl=False, compression=compression
                 )
                 await ws.send_message(message)
                 assert await ws.get_message() == message
@@ -203,45 +178,53 @@ async def ratio_child(impl: str) -> dict[str, Any]:
 # --- children: the implementations under test, as echo servers and as clients ------------------
 
 
+async def start_echo_server(nursery: Any, impl: str, port: int) -> int:
+    """An echo server of ``impl`` (with its compression) on 127.0.0.1:``port`` (0: any) in
+    ``nursery``; the port it listens on."""
+    if impl == "websockets_trio":
+        from websockets.trio.server import serve
+
+        async def ws_echo(ws: Any) -> None:
+            async for data in ws:
+                await ws.send(data)
+
+        port = port or free_port()
+        await nursery.start(
+            lambda task_status: serve(
+                ws_echo, port, host="127.0.0.1", ping_interval=None, max_size=MAX_SIZE, task_status=task_status
+            )
+        )
+        return port
+    import trio_ws
+
+    async def echo(request: Any) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except trio_ws.ConnectionClosed:
+            pass
+
+    compression = compression_for(impl)
+    server = await nursery.start(
+        lambda task_status: trio_ws.serve_websocket(
+            echo,
+            "127.0.0.1",
+            port,
+            None,
+            compression=compression,
+            max_message_size=MAX_SIZE,
+            task_status=task_status,
+        )
+    )
+    return int(server.port)
+
+
 async def server_child(impl: str, port: int) -> None:
     import trio
 
     async with trio.open_nursery() as nursery:
-        if impl == "websockets_trio":
-            from websockets.trio.server import serve
-
-            async def ws_echo(ws: Any) -> None:
-                async for data in ws:
-                    await ws.send(data)
-
-            await nursery.start(
-                lambda task_status: serve(
-                    ws_echo, port, host="127.0.0.1", ping_interval=None, max_size=MAX_SIZE, task_status=task_status
-                )
-            )
-        else:
-            import trio_ws
-
-            async def echo(request: Any) -> None:
-                ws = await request.accept()
-                try:
-                    while True:
-                        await ws.send_message(await ws.get_message())
-                except trio_ws.ConnectionClosed:
-                    pass
-
-            compression = compression_for(impl)
-            await nursery.start(
-                lambda task_status: trio_ws.serve_websocket(
-                    echo,
-                    "127.0.0.1",
-                    port,
-                    None,
-                    compression=compression,
-                    max_message_size=MAX_SIZE,
-                    task_status=task_status,
-                )
-            )
+        await start_echo_server(nursery, impl, port)
         print("READY", flush=True)
         await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
