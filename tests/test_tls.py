@@ -10,6 +10,7 @@ from ipaddress import ip_address
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from trio_ws import (
@@ -26,6 +27,7 @@ from trio_ws import (
     open_websocket_url,
     serve_websocket,
 )
+from trio_ws._transport import Transport
 from trio_ws._url import parse_url
 from trio_ws.testing import ServerFactory, assert_closed_with
 
@@ -273,3 +275,264 @@ async def test_server_survives_failed_tls_clients(
         async with open_websocket_url(url, client_context) as ws:
             await echo_once(ws, "still serving")
     assert handled == 1
+
+
+# --- the direct path over TLS 1.3 (trio_ws._transport) --------------------------
+#
+# After the opening handshake, a connection over a trio.SSLStream on a plain
+# socket drives the stream's SSLObject itself.  These tests look at which path
+# a transport took (``_transport._tls``): the direct path reads trio's private
+# attributes, and a trio that renamed them must fail here, not quietly slow down.
+
+SIZES = [0, 1, 4095, 4096, 16384, 16385, 100_000, 1_000_000]
+
+
+async def test_tls13_connections_take_the_direct_path_and_carry_every_size(
+    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server_paths: list[bool] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        server_paths.append(ws._transport._tls is not None)
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except ConnectionClosed:
+            pass
+
+    server = await start_tls_server(nursery, server_context, handler)
+    with trio.fail_after(FAST):
+        async with open_websocket(HOST, server.port, RESOURCE, use_ssl=client_context) as ws:
+            assert ws._transport._tls is not None
+            assert ws._transport.stream.version() == "TLSv1.3"
+            for size in SIZES:
+                await echo_once(ws, bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+            await echo_once(ws, "text é" * 1000)
+            # A burst: many records arrive in one socket read, and are read out in order.
+            for i in range(50):
+                await ws.send_message(f"burst {i}")
+            assert [await ws.get_message() for _ in range(50)] == [f"burst {i}" for i in range(50)]
+            assert ws.statistics().bytes_received >= sum(SIZES)
+    assert_closed_with(ws, 1000)
+    assert server_paths == [True]
+
+
+async def test_tls12_keeps_the_general_path(
+    nursery: trio.Nursery, ca: trustme.CA, client_context: ssl.SSLContext
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    ca.issue_cert(HOST).configure_cert(context)
+    server_paths: list[bool] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        server_paths.append(ws._transport._tls is not None)
+        await echo_handler_loop(ws)
+
+    server = await start_tls_server(nursery, context, handler)
+    with trio.fail_after(FAST):
+        async with open_websocket(HOST, server.port, RESOURCE, use_ssl=client_context) as ws:
+            assert ws._transport.stream.version() == "TLSv1.2"
+            assert ws._transport._tls is None
+            for size in (1, 16385, 100_000):
+                await echo_once(ws, b"y" * size)
+    assert_closed_with(ws, 1000)
+    assert server_paths == [False]
+
+
+async def echo_handler_loop(ws: WebSocketConnection) -> None:
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass
+
+
+@pytest.fixture
+def pha_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts for post-handshake authentication: the server asks
+    for the client's certificate after the handshake, and the client's answer is made
+    by its next read (the one way to make a TLS 1.3 read produce records from Python)."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(server)
+    ca.configure_trust(server)
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.post_handshake_auth = True
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    ca.issue_cert("client@example.org").configure_cert(client)
+    client.post_handshake_auth = True
+    return server, client
+
+
+async def test_records_that_a_read_makes_are_sent_by_the_reader(
+    pha_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server, client = await tls_socket_pair(*pha_contexts)
+    transport = Transport(client, 4096)
+    transport.go_direct()
+    link = transport._tls
+    assert link is not None
+    with trio.fail_after(FAST):
+        server._ssl_object.verify_client_post_handshake()
+        await server.send_all(b"who are you?")  # the certificate request, then this
+        assert await transport.receive() == b"who are you?"
+        # The answer went out with the read: no writer may ever come to send it.
+        assert link.outgoing.pending == 0
+        await transport.send_all(b"me")
+        assert await server.receive_some() == b"me"
+    assert server.getpeercert(), "the server never got the client's certificate"
+    await transport.aclose()
+    await server.aclose()
+
+
+async def test_post_handshake_authentication_over_websocket(
+    nursery: trio.Nursery, pha_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = pha_contexts
+    peer_certificates: list[object] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        assert ws._transport._tls is not None
+        ws._transport.stream._ssl_object.verify_client_post_handshake()  # (Python has no public way)
+        await ws.send_message("who are you?")  # the request goes out before this message
+        assert await ws.get_message() == "me"  # read after the client's certificate
+        peer_certificates.append(ws._transport.stream.getpeercert())
+        await echo_handler_loop(ws)
+
+    server = await start_tls_server(nursery, server_context, handler)
+    with trio.fail_after(FAST):
+        async with open_websocket(HOST, server.port, RESOURCE, use_ssl=client_context) as ws:
+            assert ws._transport._tls is not None
+            assert await ws.get_message() == "who are you?"
+            await ws.send_message("me")
+            await echo_once(ws, "still talking")
+    assert_closed_with(ws, 1000)
+    assert len(peer_certificates) == 1
+    assert peer_certificates[0], "the server never got the client's certificate"
+
+
+async def tls_socket_pair(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext, *, https_compatible: bool = False
+) -> tuple[trio.SSLStream[trio.SocketStream], trio.SSLStream[trio.SocketStream]]:
+    """A server and a client SSLStream over a socketpair, handshaken, as trio_ws's server leaves them."""
+    a, b = trio.socket.socketpair()
+    server = trio.SSLStream(trio.SocketStream(a), server_context, server_side=True, https_compatible=https_compatible)
+    client = trio.SSLStream(trio.SocketStream(b), client_context, server_hostname=HOST)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        nursery.start_soon(client.do_handshake)
+    # The 101 goes out through the stream (it sends the session tickets OpenSSL held back).
+    await server.send_all(b"101")
+    assert await client.receive_some() == b"101"
+    return server, client
+
+
+async def test_a_writer_waits_while_another_task_sends_records(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server, client = await tls_socket_pair(server_context, client_context)
+    transport = Transport(server, 4096)
+    transport.go_direct()
+    link = transport._tls
+    assert link is not None
+    written = trio.Event()
+
+    async def write() -> None:
+        await transport.send_all(b"second")
+        written.set()
+
+    with trio.fail_after(FAST):
+        async with trio.open_nursery() as nursery:
+            await link.lock.acquire()  # as the reader holds it while it sends what a read made
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not written.is_set()
+            assert link.outgoing.pending > 0  # encrypted, waiting its turn
+            link.lock.release()
+            await written.wait()
+        assert await client.receive_some() == b"second"
+        await client.send_all(b"back")
+        assert await transport.receive() == b"back"
+    await transport.aclose()
+    await client.aclose()
+
+
+@pytest.mark.parametrize("https_compatible", [False, True])
+async def test_an_eof_without_close_notify_is_an_error_unless_the_stream_says_otherwise(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext, https_compatible: bool
+) -> None:
+    server, client = await tls_socket_pair(server_context, client_context, https_compatible=https_compatible)
+    transport = Transport(server, 4096)
+    transport.go_direct()
+    assert transport._tls is not None
+    with trio.fail_after(FAST):
+        await client.send_all(b"last words")
+        assert await transport.receive() == b"last words"
+        await client.transport_stream.aclose()  # TCP closes, no close_notify
+        if https_compatible:
+            assert await transport.receive() == b""
+        else:
+            with pytest.raises(trio.BrokenResourceError) as caught:
+                await transport.receive()
+            assert isinstance(caught.value.__cause__, ssl.SSLEOFError)
+    await transport.aclose()
+
+
+async def test_a_close_notify_is_an_eof(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
+    server, client = await tls_socket_pair(server_context, client_context)
+    transport = Transport(server, 4096)
+    transport.go_direct()
+    with trio.fail_after(FAST):
+        await client.aclose()  # close_notify, then TCP closes
+        assert await transport.receive() == b""
+    await transport.aclose()
+
+
+async def test_a_tls_stream_over_another_stream_keeps_the_general_path(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    server = trio.SSLStream(left, server_context, server_side=True)
+    client = trio.SSLStream(right, client_context, server_hostname=HOST)
+    with trio.fail_after(FAST):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            nursery.start_soon(client.do_handshake)
+        transport = Transport(server, 4096)
+        transport.go_direct()
+        assert transport._tls is None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.send_all, b"general")
+            assert await client.receive_some() == b"general"
+    await transport.aclose()
+    await client.aclose()
+
+
+async def test_a_forged_record_breaks_the_stream_after_what_came_before(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server, client = await tls_socket_pair(server_context, client_context)
+    transport = Transport(server, 4096)
+    transport.go_direct()
+    assert transport._tls is not None
+    # Valid records, then an application-data record whose authentication fails, in one go.
+    client._ssl_object.write(b"a" * 20_000)
+    forged = b"\x17\x03\x03\x00\x20" + bytes(32)
+    with trio.fail_after(FAST):
+        await client.transport_stream.send_all(client._outgoing.read() + forged)
+        received = b""
+        while len(received) < 20_000:  # a large read takes what decrypts, and stops at the forgery
+            received += await transport.receive(wants=100_000)
+        assert received == b"a" * 20_000
+        with pytest.raises(trio.BrokenResourceError) as caught:
+            await transport.receive(wants=100_000)
+        assert isinstance(caught.value.__cause__, ssl.SSLError)
+        await transport.send_all(b"")  # nothing to send: no record, no error
+        with pytest.raises(trio.BrokenResourceError):
+            await transport.send_all(b"after the fault")
+    await transport.aclose()
+    await client.aclose()

@@ -276,6 +276,7 @@ class Engine:
         """
         self._nursery = nursery
         self._trace = self._logger().isEnabledFor(logging.DEBUG)
+        self._transport.go_direct()  # no other task has the stream yet
         nursery.start_soon(self._reader_task, shield, name=_READER_TASK)
         interval = self._options.ping_interval
         if interval is not None:
