@@ -8,16 +8,19 @@ import trio.lowlevel
 import trio.testing
 
 from trio_ws import (
+    CloseReason,
     ConnectionClosed,
     ConnectionState,
+    WebSocketConnection,
     WebSocketRequest,
     connect_websocket,
     open_websocket,
     serve_websocket,
 )
+from trio_ws._keepalive import SWEEP_PAYLOAD
 from trio_ws.testing import websocket_pair
 
-from .conftest import HOST, CloseWatcher, MemoryNetwork, RawServerPeer, echo_handler, frame
+from .conftest import HOST, CloseWatcher, MemoryNetwork, RawClient, RawServerPeer, echo_handler, frame
 
 
 async def test_latency_is_measured(autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork) -> None:
@@ -114,3 +117,146 @@ async def test_keepalive_arguments_are_checked(interval: float | None, timeout: 
             pytest.fail("must not open")  # pragma: no cover
     with pytest.raises(ValueError, match="ping_"):
         await serve_websocket(echo_handler, HOST, 0, None, ping_interval=interval, ping_timeout=timeout)
+
+
+# --- a server's keepalive: one task for all its connections (KeepaliveSweep) -------------
+
+
+def task_names() -> list[str]:
+    names: list[str] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        names.append(task.name)
+        for child_nursery in task.child_nurseries:
+            for child in child_nursery.child_tasks:
+                walk(child)
+
+    walk(trio.lowlevel.current_root_task())
+    return names
+
+
+async def answer(client: RawClient) -> None:
+    """Answer every ping, until the server's Close."""
+    while True:
+        opcode, payload = await client.receive_frame()
+        if opcode == 0x9:
+            await client.stream.send_all(frame(0xA, payload))
+        elif opcode == 0x8:
+            return
+
+
+async def test_a_server_pings_all_its_connections_from_one_task(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
+    accepted: list[WebSocketConnection] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        accepted.append(ws)
+        await ws.wait_closed()
+
+    server = await memory_network.start_server(nursery, handler, ping_interval=2, ping_timeout=1)
+    clients = [await memory_network.connect() for _ in range(5)]
+    start = trio.current_time()
+    for client in clients:
+        await client.handshake()
+    for _ in range(2):  # two rounds of pings, each answered
+        for client in clients:
+            assert await client.receive_frame() == (0x9, SWEEP_PAYLOAD)
+            await client.stream.send_all(frame(0xA, SWEEP_PAYLOAD))
+    assert trio.current_time() - start == pytest.approx(4, abs=0.1)
+    names = task_names()
+    assert names.count("trio_ws._keepalive.KeepaliveSweep.run") == 1
+    assert "trio_ws._keepalive.keepalive" not in names  # no task per connection
+    async with trio.open_nursery() as answering:  # five more rounds, answered
+        for client in clients:
+            answering.start_soon(answer, client)
+        await trio.sleep(10)
+        answering.cancel_scope.cancel()
+    assert [ws.state for ws in accepted] == [ConnectionState.OPEN] * 5
+    assert all(ws.latency is not None for ws in accepted)
+    assert server._keepalive is not None
+    assert len(server._keepalive) == 5
+    for client in clients:  # a clean close each: the sweep lets go of them
+        await client.stream.send_all(frame(0x8, b"\x03\xe8"))
+        while (await client.receive_frame())[0] != 0x8:
+            pass
+    for ws in accepted:
+        await ws.wait_closed()
+    assert len(server._keepalive) == 0
+
+
+@pytest.mark.deadline(60)  # 35 s of the virtual clock
+async def test_the_sweep_closes_the_silent_peer_and_keeps_the_others(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
+    closes: list[CloseReason | None] = []
+    accepted: list[WebSocketConnection] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        accepted.append(ws)
+        await ws.wait_closed()
+        closes.append(ws.closed)
+
+    await memory_network.start_server(nursery, handler, ping_interval=3, ping_timeout=2)
+    alive, silent = await memory_network.connect(), await memory_network.connect()
+    await alive.handshake()
+    await silent.handshake()
+    start = trio.current_time()
+    async with trio.open_nursery() as answering:
+        answering.start_soon(answer, alive)
+        assert (await silent.receive_frame())[0] == 0x9  # never answered
+        opcode, payload = await silent.receive_frame()
+        assert opcode == 0x8
+        assert payload[:2] == b"\x03\xf3"  # 1011
+        assert b"keepalive: no pong within 2 s" in payload
+        assert trio.current_time() - start == pytest.approx(3 + 2, abs=0.1)  # interval, then timeout
+        await accepted[1].wait_closed()  # our Close is never answered: the closing handshake gets ping_timeout
+        assert trio.current_time() - start == pytest.approx(3 + 2 + 2, abs=0.1)
+        await trio.sleep(30)
+        assert [ws.state for ws in accepted] == [ConnectionState.OPEN, ConnectionState.CLOSED]
+        answering.cancel_scope.cancel()
+    await alive.stream.send_all(frame(0x8, b"\x03\xe8"))
+    while (await alive.receive_frame())[0] != 0x8:
+        pass
+    await accepted[0].wait_closed()
+    assert closes[0] is not None
+    assert closes[0].code == 1011
+
+
+@pytest.mark.deadline(60)  # 40 s of the virtual clock
+async def test_the_sweep_waits_while_a_server_application_does_not_read(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
+    """The server's inbox is full and unread: no ping, no close; the peer is not at fault.
+    Once the handler reads, the sweep pings again, and a peer that never answers is closed."""
+    read = trio.Event()
+    got: list[str | bytes] = []
+    closes: list[CloseReason | None] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await read.wait()
+        try:
+            while True:
+                got.append(await ws.get_message())
+        except ConnectionClosed as exc:
+            closes.append(exc.reason)
+
+    await memory_network.start_server(nursery, handler, ping_interval=1, ping_timeout=1, message_queue_size=1)
+    client = await memory_network.connect()
+    await client.handshake()
+    for n in range(3):
+        await client.stream.send_all(frame(0x1, f"message {n}".encode()))
+    with trio.move_on_after(30):
+        opcode, _ = await client.receive_frame()
+        pytest.fail(f"the server sent opcode {opcode:#x} while its application was not reading")
+    resumed = trio.current_time()
+    read.set()
+    assert (await client.receive_frame())[0] == 0x9  # the sweep pings again; no pong
+    assert (await client.receive_frame())[0] == 0x8
+    assert trio.current_time() - resumed <= 1 + 1 + 0.1
+    assert got == ["message 0", "message 1", "message 2"]
+    assert closes[0] is not None
+    assert closes[0].code == 1011

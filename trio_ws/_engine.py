@@ -37,7 +37,7 @@ import trio
 from ._errors import ConnectionClosed, HandshakeError
 from ._handshake import Headers, HTTPRequest, UpgradeRequest
 from ._inbox import Inbox
-from ._keepalive import keepalive
+from ._keepalive import KeepaliveSweep, keepalive
 from ._log import CLIENT_LOGGER, SERVER_LOGGER, describe_event, describe_frames, log
 from ._options import Options
 from ._protocol import (
@@ -110,13 +110,15 @@ def _piece_payload(piece: object, opcode: int) -> tuple[int, bytes]:
 
 
 class _Closed(Flag):
-    """The transport is closed; ``timed_out``: because the closing handshake ran out of time."""
+    """The transport is closed; ``timed_out``: because the closing handshake ran out of time;
+    ``bound``: the time the reader was given to finish it, in seconds (for the log)."""
 
-    __slots__ = ("timed_out",)
+    __slots__ = ("bound", "timed_out")
 
     def __init__(self) -> None:
         super().__init__()
         self.timed_out = False
+        self.bound = 0.0
 
 
 class PendingPing:
@@ -138,6 +140,7 @@ class Engine:
         "_closed",
         "_id",
         "_inbox",
+        "_keepalive",
         "_latency",
         "_message_lock",
         "_nursery",
@@ -166,6 +169,9 @@ class Engine:
         self._buffered_amount = 0  # message bytes handed to send_message() and not yet written
         self._unwritten = 0  # bytes taken from the protocol by _write() and not yet written
         self._latency: float | None = None  # the last keepalive round trip
+        # A server's keepalive, which pings all its connections (set by the server
+        # before the connection opens; a client's runs in a task of its own).
+        self._keepalive: KeepaliveSweep | None = None
         # Made the first time a message is sent in pieces: held for the whole
         # message, so that no other message's frames go out between its own.
         self._message_lock: SendLock | None = None
@@ -279,7 +285,9 @@ class Engine:
         self._transport.go_direct()  # no other task has the stream yet
         nursery.start_soon(self._reader_task, shield, name=_READER_TASK)
         interval = self._options.ping_interval
-        if interval is not None:
+        if self._keepalive is not None:
+            self._keepalive.add(self)
+        elif interval is not None:
             timeouts = (self._options.keepalive_timeout, self._options.disconnect_timeout)
             nursery.start_soon(keepalive, cast("WebSocketConnection", self), interval, *timeouts, name=_KEEPALIVE_TASK)
 
@@ -364,6 +372,8 @@ class Engine:
 
     def _closing(self) -> None:
         """The protocol left OPEN: no message will come; pings fail; the reader gets a deadline."""
+        if self._keepalive is not None:
+            self._keepalive.discard(self)
         self._inbox.end()
         if self._pings:
             self._fail_pings()
@@ -378,12 +388,15 @@ class Engine:
         scope = self._reader
         if scope is not None and scope.deadline == float("inf"):
             scope.deadline = trio.current_time() + timeout
+            self._closed.bound = timeout
 
     async def _finish(self) -> None:
         """The transport closes: CLOSED, and everybody who waits on this connection wakes."""
         if self._transport.closed:
             return
         self._protocol.connection_lost()
+        if self._keepalive is not None:
+            self._keepalive.discard(self)
         self._inbox.end()
         if self._pings:
             self._fail_pings()
@@ -566,6 +579,21 @@ class Engine:
         finally:
             self._send_lock.release()
 
+    def _ping_now(self, payload: bytes) -> bool:
+        """Write a Ping without waiting, as a broadcast writes (for ``KeepaliveSweep``);
+        ``False`` where it cannot (not OPEN, or nowhere to write from)."""
+        if not self._protocol.state.delivering or self._nursery is None:
+            return False
+        self._protocol.queue_ping(payload)
+        self._kick()
+        return True
+
+    def _close_silent(self, reason: str, timeout: float) -> None:
+        """Keepalive found the peer silent: close 1011 without waiting (for ``KeepaliveSweep``),
+        giving the closing handshake at most ``timeout`` seconds."""
+        self._bound_reader(timeout)
+        self._close_slow(1011, reason)
+
     def _close_slow(self, code: int, reason: str) -> None:
         """Start the closing handshake of a connection too slow for a broadcast, now: the
         Close goes behind what is queued (and the frame being written, if any), the
@@ -695,6 +723,8 @@ class Engine:
             log(self._logger(), logging.DEBUG, self, "%s", describe_event(_EVENT_NAMES[kind], payload))
 
     def _on_pong(self, payload: bytes) -> None:
+        if self._keepalive is not None:
+            self._keepalive.answered(self, payload)
         if payload not in self._pings:
             return  # unsolicited, or for a ping that was cancelled
         # A pong answers its ping and every ping sent before it.
@@ -776,7 +806,7 @@ class Engine:
             await self._finish()  # (the wait for the peer's TCP close may have run out)
         elif trio.current_time() >= scope.deadline:
             self._closed.timed_out = True
-            await self._abort(f"the closing handshake did not finish within {self._options.disconnect_timeout:g} s")
+            await self._abort(f"the closing handshake did not finish within {self._closed.bound:g} s")
         else:
             await self._abort("the connection's reader task was stopped")
 

@@ -10,10 +10,23 @@ on the peer), so a pong could not be seen either.  Keepalive therefore
 pauses while the reader is paused that way: it never closes a connection
 because the *application* was slow.  It resumes, and checks the peer, as
 soon as the application reads again.
+
+Two ways to run it, with the same rules:
+
+- ``keepalive()``, a task next to the connection's reader: for a client, which
+  has one connection.
+- ``KeepaliveSweep``, one task for all of a server's connections.  A task of
+  its own per connection (its frame, its cancel scopes and their deadlines,
+  the ping's event) cost about 3.5 KiB of memory per connection and gave
+  the garbage collector that many more objects to walk; the sweep keeps a
+  place in two ordered tables per connection and writes each Ping without
+  waiting, the way a broadcast writes (``Engine._ping_now``).  The pings
+  spread over the interval as the connections' opening times do.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,8 +35,12 @@ from ._errors import ConnectionClosed
 
 if TYPE_CHECKING:
     from ._connection import WebSocketConnection
+    from ._engine import Engine
 
-__all__ = ["keepalive"]
+__all__ = ["SWEEP_PAYLOAD", "KeepaliveSweep", "keepalive"]
+
+SWEEP_PAYLOAD = b"trio_ws keepalive"  # the sweep's Ping payload (its pongs give the latency)
+_PINGS_PER_STEP = 64  # pings the sweep writes before it lets other tasks run
 
 
 async def keepalive(connection: WebSocketConnection, interval: float, timeout: float, close_timeout: float) -> None:
@@ -48,3 +65,86 @@ async def keepalive(connection: WebSocketConnection, interval: float, timeout: f
             reason = f"keepalive: no pong within {timeout:g} s"
             await connection._close_within(1011, reason, min(timeout, close_timeout))
             return
+
+
+class KeepaliveSweep:
+    """Keepalive for many connections from one task (a server's; see the module's docstring).
+
+    ``add()`` when a connection opens, ``discard()`` when it leaves OPEN,
+    ``answered()`` for each pong it receives; ``run()`` is the task.
+    """
+
+    __slots__ = ("_close_timeout", "_due", "_interval", "_sleep", "_timeout", "_waiting")
+
+    def __init__(self, interval: float, timeout: float, close_timeout: float) -> None:
+        self._interval = interval
+        self._timeout = timeout
+        self._close_timeout = close_timeout
+        # When each connection's next ping is due, in that order: a connection goes
+        # in at the end with now + interval, and now only grows.
+        self._due: OrderedDict[Engine, float] = OrderedDict()
+        # Pings written and not answered: when each ping was sent, in that order.
+        self._waiting: OrderedDict[Engine, float] = OrderedDict()
+        self._sleep = trio.CancelScope()  # run()'s wait; add() brings its deadline forward
+
+    def __len__(self) -> int:
+        return len(self._due) + len(self._waiting)
+
+    def add(self, connection: Engine) -> None:
+        """Ping ``connection`` from ``interval`` seconds from now on."""
+        due = trio.current_time() + self._interval
+        self._due[connection] = due
+        if due < self._sleep.deadline:
+            self._sleep.deadline = due
+
+    def discard(self, connection: Engine) -> None:
+        """``connection`` left OPEN: no more pings, and no reference kept."""
+        self._due.pop(connection, None)
+        self._waiting.pop(connection, None)
+
+    def answered(self, connection: Engine, payload: bytes) -> None:
+        """A pong came: any pong after our ping shows the peer alive (it may answer only
+        the latest of several pings, RFC 6455 5.5.3); ours gives the latency too."""
+        sent = self._waiting.pop(connection, None)
+        if sent is None:
+            return
+        now = trio.current_time()
+        if payload == SWEEP_PAYLOAD:
+            connection._record_latency(now - sent)
+        self._due[connection] = now + self._interval
+
+    async def run(self) -> None:
+        """Ping what is due and close what did not answer, then sleep until the next of them."""
+        due, waiting = self._due, self._waiting
+        while True:
+            now = trio.current_time()
+            written = 0
+            while waiting:
+                connection, sent = next(iter(waiting.items()))
+                if sent + self._timeout > now:
+                    break
+                del waiting[connection]
+                if connection._reader_paused():
+                    due[connection] = now + self._interval  # the application's fault, not the peer's
+                else:
+                    reason = f"keepalive: no pong within {self._timeout:g} s"
+                    connection._close_silent(reason, min(self._timeout, self._close_timeout))
+            while due:
+                connection, at = next(iter(due.items()))
+                if at > now:
+                    break
+                del due[connection]
+                if connection._reader_paused():
+                    due[connection] = now + self._interval
+                elif connection._ping_now(SWEEP_PAYLOAD):
+                    waiting[connection] = now
+                    written += 1
+                    if written % _PINGS_PER_STEP == 0:
+                        await trio.lowlevel.checkpoint()
+                        now = trio.current_time()
+            wake = min(
+                next(iter(due.values())) if due else float("inf"),
+                next(iter(waiting.values())) + self._timeout if waiting else float("inf"),
+            )
+            with trio.CancelScope(deadline=wake) as self._sleep:
+                await trio.sleep_forever()

@@ -535,15 +535,23 @@ class Protocol:
         """A Ping to write now (``payload``: at most 125 bytes).  :raises ConnectionClosed:"""
         return self._send_control(OP_PING, payload)
 
+    def queue_ping(self, payload: bytes) -> None:
+        """Queue a Ping in ``outgoing`` (for a keepalive that writes without waiting).
+        :raises ConnectionClosed:"""
+        self._queue_control(OP_PING, payload)
+
     def pong(self, payload: bytes) -> bytes:
         """An unsolicited Pong to write now.  :raises ConnectionClosed:"""
         return self._send_control(OP_PONG, payload)
 
     def _send_control(self, opcode: int, payload: bytes) -> bytes:
+        self._queue_control(opcode, payload)
+        return self.data_to_send()
+
+    def _queue_control(self, opcode: int, payload: bytes) -> None:
         if not self.state.can_send:
             raise ConnectionClosed(self.close_reason)
         self.outgoing.append(frame(opcode, payload, mask=self._client))
-        return self.data_to_send()
 
     def close(self, code: int, reason: str | None) -> None:
         """Start the closing handshake: our Close frame is queued.

@@ -18,6 +18,7 @@ from ._deflate import Deflate
 from ._endpoint import Endpoint, listener_endpoint
 from ._errors import ConnectionClosed, HandshakeError
 from ._handshake import HTTPRequest, HTTPResponse, UpgradeRequest, caller_headers, check_reject_status
+from ._keepalive import KeepaliveSweep
 from ._log import SERVER_LOGGER, Logger
 from ._options import (
     CONN_TIMEOUT,
@@ -54,6 +55,7 @@ _NOT_FOUND = HTTPResponse(404, [(b"content-type", b"text/plain; charset=utf-8")]
 _SERVER_ERROR = HTTPResponse(500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n")
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
 _HANDLER_TASK = "trio_ws._server.WebSocketServer._handle_connection"  # (see _engine._READER_TASK)
+_KEEPALIVE_TASK = "trio_ws._keepalive.KeepaliveSweep.run"
 # accept() errors that mean "not now" (out of descriptors or memory), not "never".
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -441,6 +443,13 @@ class WebSocketServer:
         # each connection.  (No cancel scope per connection otherwise: each
         # costs about 600 bytes for as long as the connection lives.)
         self._scopes: set[trio.CancelScope] = set()
+        # Keepalive for all the connections, from one task that run() starts.
+        options = self._options
+        self._keepalive = (
+            None
+            if options.ping_interval is None
+            else KeepaliveSweep(options.ping_interval, options.keepalive_timeout, options.disconnect_timeout)
+        )
 
     @property
     def port(self) -> int:
@@ -485,6 +494,8 @@ class WebSocketServer:
                         async with trio.open_nursery() as acceptors:
                             for listener in self._listeners:
                                 acceptors.start_soon(self._accept_loop, listener, handlers)
+                            if self._keepalive is not None:
+                                acceptors.start_soon(self._keepalive.run, name=_KEEPALIVE_TASK)
                             self._logger.debug(
                                 "Listening on %s", ", ".join(str(listener) for listener in self.listeners)
                             )
@@ -564,6 +575,7 @@ class WebSocketServer:
                     self._scopes.discard(nursery.cancel_scope)
             return
         connection = WebSocketConnection(stream, ConnectionType.SERVER, _options=self._options)
+        connection._keepalive = self._keepalive
         self._serving += 1
         self._connections.add(connection)
         why = "the opening handshake did not complete within connect_timeout"
