@@ -209,7 +209,14 @@ async def server_main(args: argparse.Namespace) -> int:
             if stats.latency is not None:
                 latencies.append(stats.latency)
         latencies.sort()
+        try:  # the server's keepalive payload (a task per connection pinged with 4 random bytes)
+            from trio_ws._keepalive import SWEEP_PAYLOAD
+
+            payload = len(SWEEP_PAYLOAD)
+        except ImportError:
+            payload = 4
         return {
+            "ping_payload": payload,
             "bytes_sent": sent,
             "bytes_received": received,
             "with_latency": len(latencies),
@@ -641,7 +648,8 @@ class Run:
         first = [t for r in reports for t in r["first_pings"]]
         pings = sum(r["pings"] for r in reports)
         span = sweep_span(first, self.interval)
-        ping_bytes, pong_bytes = 6, 10  # a 4-byte payload: 2 header bytes, and a 4-byte mask for a pong
+        payload = after.get("ping_payload", 4)
+        ping_bytes, pong_bytes = 2 + payload, 6 + payload  # 2 header bytes, and a 4-byte mask for a pong
         self.result["sweep"].update(
             pinged_connections=len(first),
             pings_received=pings,
