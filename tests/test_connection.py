@@ -865,3 +865,4 @@ def test_task_names_are_the_ones_trio_would_give() -> None:
     assert trio_name(_engine.Engine._write_behind) == _engine._WRITER_TASK
     assert trio_name(_keepalive.keepalive) == _engine._KEEPALIVE_TASK
     assert trio_name(_server.WebSocketServer._handle_connection) == _server._HANDLER_TASK
+    assert trio_name(_keepalive.KeepaliveSweep.run) == _server._SWEEP_TASK

@@ -55,7 +55,7 @@ _NOT_FOUND = HTTPResponse(404, [(b"content-type", b"text/plain; charset=utf-8")]
 _SERVER_ERROR = HTTPResponse(500, [(b"content-type", b"text/plain; charset=utf-8")], b"500 Internal Server Error\n")
 _FORBIDDEN_ORIGIN = b"403 Forbidden: this origin may not open WebSockets here\n"
 _HANDLER_TASK = "trio_ws._server.WebSocketServer._handle_connection"  # (see _engine._READER_TASK)
-_KEEPALIVE_TASK = "trio_ws._keepalive.KeepaliveSweep.run"
+_SWEEP_TASK = "trio_ws._keepalive.KeepaliveSweep.run"  # (see _engine._READER_TASK)
 # accept() errors that mean "not now" (out of descriptors or memory), not "never".
 _TEMPORARY_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -495,7 +495,7 @@ class WebSocketServer:
                             for listener in self._listeners:
                                 acceptors.start_soon(self._accept_loop, listener, handlers)
                             if self._keepalive is not None:
-                                acceptors.start_soon(self._keepalive.run, name=_KEEPALIVE_TASK)
+                                acceptors.start_soon(self._keepalive.run, name=_SWEEP_TASK)
                             self._logger.debug(
                                 "Listening on %s", ", ".join(str(listener) for listener in self.listeners)
                             )
