@@ -365,13 +365,19 @@ class FloorWsConn(Conn):
             buffer += chunk
 
     async def close(self) -> None:
+        import trio
+
         try:
             await self.send(struct.pack("!H", 1000), 0x8)
             while True:
                 await self.recv()
-        except (EOFError, OSError):
+            # Over TLS a server may close without close_notify: as EOF, here.
+        except (EOFError, OSError, trio.BrokenResourceError):
             pass
-        while await self.stream.receive_some(65536):  # the server closes TCP first
+        try:
+            while await self.stream.receive_some(65536):  # the server closes TCP first
+                pass
+        except trio.BrokenResourceError:
             pass
         await self.stream.aclose()
 
