@@ -278,7 +278,8 @@ class Engine:
         closing handshake, which needs the reader, and then stops it
         (:meth:`_stop_reader`).  Not shielded (``connect_websocket``): cancelling
         the nursery aborts the connection (1006).  Keepalive, when asked for,
-        runs next to the reader and ends with the connection.
+        runs next to the reader and ends with the connection, or, for a
+        server's connection, in the server's sweep (``self._keepalive``).
         """
         self._nursery = nursery
         self._trace = self._logger().isEnabledFor(logging.DEBUG)
