@@ -31,7 +31,7 @@ from trio_ws._transport import Transport
 from trio_ws._url import parse_url
 from trio_ws.testing import ServerFactory, assert_closed_with
 
-from .conftest import HOST, RESOURCE, echo_handler
+from .conftest import HOST, RESOURCE, echo_handler, echo_loop
 
 # A TLS failure must be reported at once, not after connect_timeout (60 s by
 # default, left as it is in these tests).
@@ -287,21 +287,24 @@ async def test_server_survives_failed_tls_clients(
 SIZES = [0, 1, 4095, 4096, 16384, 16385, 100_000, 1_000_000]
 
 
-async def test_tls13_connections_take_the_direct_path_and_carry_every_size(
-    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
-) -> None:
-    server_paths: list[bool] = []
+async def start_path_recording_server(
+    nursery: trio.Nursery, context: ssl.SSLContext
+) -> tuple[WebSocketServer, list[bool]]:
+    """A TLS echo server, and for each connection it accepts, whether it took the direct path."""
+    paths: list[bool] = []
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()
-        server_paths.append(ws._transport._tls is not None)
-        try:
-            while True:
-                await ws.send_message(await ws.get_message())
-        except ConnectionClosed:
-            pass
+        paths.append(ws._transport._tls is not None)
+        await echo_loop(ws)
 
-    server = await start_tls_server(nursery, server_context, handler)
+    return await start_tls_server(nursery, context, handler), paths
+
+
+async def test_tls13_connections_take_the_direct_path_and_carry_every_size(
+    nursery: trio.Nursery, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    server, server_paths = await start_path_recording_server(nursery, server_context)
     with trio.fail_after(FAST):
         async with open_websocket(HOST, server.port, RESOURCE, use_ssl=client_context) as ws:
             assert ws._transport._tls is not None
@@ -324,14 +327,7 @@ async def test_tls12_keeps_the_general_path(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     ca.issue_cert(HOST).configure_cert(context)
-    server_paths: list[bool] = []
-
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        server_paths.append(ws._transport._tls is not None)
-        await echo_handler_loop(ws)
-
-    server = await start_tls_server(nursery, context, handler)
+    server, server_paths = await start_path_recording_server(nursery, context)
     with trio.fail_after(FAST):
         async with open_websocket(HOST, server.port, RESOURCE, use_ssl=client_context) as ws:
             assert ws._transport.stream.version() == "TLSv1.2"
@@ -340,14 +336,6 @@ async def test_tls12_keeps_the_general_path(
                 await echo_once(ws, b"y" * size)
     assert_closed_with(ws, 1000)
     assert server_paths == [False]
-
-
-async def echo_handler_loop(ws: WebSocketConnection) -> None:
-    try:
-        while True:
-            await ws.send_message(await ws.get_message())
-    except ConnectionClosed:
-        pass
 
 
 @pytest.fixture
@@ -370,9 +358,7 @@ def pha_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 async def test_records_that_a_read_makes_are_sent_by_the_reader(
     pha_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
-    server, client = await tls_socket_pair(*pha_contexts)
-    transport = Transport(client, 4096)
-    transport.go_direct()
+    transport, server = await direct_transport(*pha_contexts, over="client")
     link = transport._tls
     assert link is not None
     with trio.fail_after(FAST):
@@ -401,7 +387,7 @@ async def test_post_handshake_authentication_over_websocket(
         await ws.send_message("who are you?")  # the request goes out before this message
         assert await ws.get_message() == "me"  # read after the client's certificate
         peer_certificates.append(ws._transport.stream.getpeercert())
-        await echo_handler_loop(ws)
+        await echo_loop(ws)
 
     server = await start_tls_server(nursery, server_context, handler)
     with trio.fail_after(FAST):
@@ -431,12 +417,26 @@ async def tls_socket_pair(
     return server, client
 
 
+async def direct_transport(
+    server_context: ssl.SSLContext,
+    client_context: ssl.SSLContext,
+    *,
+    over: str = "server",
+    https_compatible: bool = False,
+) -> tuple[Transport, trio.SSLStream[trio.SocketStream]]:
+    """A Transport on the direct path over one end of ``tls_socket_pair()``, and the other end."""
+    server, client = await tls_socket_pair(server_context, client_context, https_compatible=https_compatible)
+    mine, other = (server, client) if over == "server" else (client, server)
+    transport = Transport(mine, 4096)
+    transport.go_direct()
+    assert transport._tls is not None
+    return transport, other
+
+
 async def test_a_writer_waits_while_another_task_sends_records(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
-    server, client = await tls_socket_pair(server_context, client_context)
-    transport = Transport(server, 4096)
-    transport.go_direct()
+    transport, client = await direct_transport(server_context, client_context)
     link = transport._tls
     assert link is not None
     written = trio.Event()
@@ -465,10 +465,7 @@ async def test_a_writer_waits_while_another_task_sends_records(
 async def test_an_eof_without_close_notify_is_an_error_unless_the_stream_says_otherwise(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext, https_compatible: bool
 ) -> None:
-    server, client = await tls_socket_pair(server_context, client_context, https_compatible=https_compatible)
-    transport = Transport(server, 4096)
-    transport.go_direct()
-    assert transport._tls is not None
+    transport, client = await direct_transport(server_context, client_context, https_compatible=https_compatible)
     with trio.fail_after(FAST):
         await client.send_all(b"last words")
         assert await transport.receive() == b"last words"
@@ -483,9 +480,7 @@ async def test_an_eof_without_close_notify_is_an_error_unless_the_stream_says_ot
 
 
 async def test_a_close_notify_is_an_eof(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
-    server, client = await tls_socket_pair(server_context, client_context)
-    transport = Transport(server, 4096)
-    transport.go_direct()
+    transport, client = await direct_transport(server_context, client_context)
     with trio.fail_after(FAST):
         await client.aclose()  # close_notify, then TCP closes
         assert await transport.receive() == b""
@@ -515,10 +510,7 @@ async def test_a_tls_stream_over_another_stream_keeps_the_general_path(
 async def test_a_forged_record_breaks_the_stream_after_what_came_before(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
-    server, client = await tls_socket_pair(server_context, client_context)
-    transport = Transport(server, 4096)
-    transport.go_direct()
-    assert transport._tls is not None
+    transport, client = await direct_transport(server_context, client_context)
     # Valid records, then an application-data record whose authentication fails, in one go.
     client._ssl_object.write(b"a" * 20_000)
     forged = b"\x17\x03\x03\x00\x20" + bytes(32)
