@@ -260,3 +260,31 @@ async def test_the_sweep_waits_while_a_server_application_does_not_read(
     assert got == ["message 0", "message 1", "message 2"]
     assert closes[0] is not None
     assert closes[0].code == 1011
+
+
+async def test_the_sweep_serves_connections_in_a_callers_handler_nursery(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
+    """With ``handler_nursery``, each connection lives in the caller's nursery: the sweep,
+    which runs in the server's own, pings and closes them all the same."""
+    closes: list[CloseReason | None] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.wait_closed()
+        closes.append(ws.closed)
+
+    async with trio.open_nursery() as handlers:
+        await memory_network.start_server(nursery, handler, ping_interval=2, ping_timeout=1, handler_nursery=handlers)
+        client = await memory_network.connect()
+        await client.handshake()
+        start = trio.current_time()
+        assert (await client.receive_frame()) == (0x9, SWEEP_PAYLOAD)  # not answered
+        opcode, payload = await client.receive_frame()
+        assert (opcode, payload[:2]) == (0x8, b"\x03\xf3")
+        assert trio.current_time() - start == pytest.approx(2 + 1, abs=0.1)
+        await client.stream.send_all(frame(0x8, payload[:2]))  # the closing handshake completes
+    assert closes[0] is not None
+    assert closes[0].code == 1011
+    names = task_names()
+    assert names.count("trio_ws._keepalive.KeepaliveSweep.run") == 1
