@@ -288,3 +288,23 @@ async def test_the_sweep_serves_connections_in_a_callers_handler_nursery(
     assert closes[0].code == 1011
     names = task_names()
     assert names.count("trio_ws._keepalive.KeepaliveSweep.run") == 1
+
+
+async def test_the_sweep_pings_every_interval_when_the_timeout_is_longer(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
+    """A pong schedules the next ping ``ping_interval`` later, even while the sweep sleeps
+    toward a later pong deadline (``ping_timeout`` > ``ping_interval``)."""
+    await memory_network.start_server(nursery, CloseWatcher(), ping_interval=1, ping_timeout=5)
+    client = await memory_network.connect()
+    await client.handshake()
+    start = trio.current_time()
+    times = []
+    for _ in range(4):
+        assert await client.receive_frame() == (0x9, SWEEP_PAYLOAD)
+        times.append(trio.current_time() - start)
+        await client.stream.send_all(frame(0xA, SWEEP_PAYLOAD))
+    assert times == pytest.approx([1, 2, 3, 4], abs=0.05)
+    await client.stream.send_all(frame(0x8, b"\x03\xe8"))
+    while (await client.receive_frame())[0] != 0x8:
+        pass

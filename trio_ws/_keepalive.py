@@ -92,7 +92,12 @@ class KeepaliveSweep:
 
     def add(self, connection: Engine) -> None:
         """Ping ``connection`` from ``interval`` seconds from now on."""
-        due = trio.current_time() + self._interval
+        self._ping_at(connection, trio.current_time() + self._interval)
+
+    def _ping_at(self, connection: Engine, due: float) -> None:
+        # Always at the end (``due`` only grows), and run() wakes in time for it: it may
+        # be asleep until a pong's deadline, later than ``due`` when ping_timeout is longer
+        # than ping_interval.
         self._due[connection] = due
         if due < self._sleep.deadline:
             self._sleep.deadline = due
@@ -111,7 +116,7 @@ class KeepaliveSweep:
         now = trio.current_time()
         if payload == SWEEP_PAYLOAD:
             connection._record_latency(now - sent)
-        self._due[connection] = now + self._interval
+        self._ping_at(connection, now + self._interval)
 
     async def run(self) -> None:
         """Ping what is due and close what did not answer, then sleep until the next of them."""
