@@ -263,10 +263,11 @@ async def test_the_sweep_waits_while_a_server_application_does_not_read(
 
 
 async def test_the_sweep_serves_connections_in_a_callers_handler_nursery(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+    autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
-    """With ``handler_nursery``, each connection lives in the caller's nursery: the sweep,
-    which runs in the server's own, pings and closes them all the same."""
+    """With ``handler_nursery``, connections live in the caller's nursery and may outlive
+    the server's ``run()``: the sweep lives there too, pings them after ``run()`` was
+    cancelled, and returns once the last has left, so that the nursery can close."""
     closes: list[CloseReason | None] = []
 
     async def handler(request: WebSocketRequest) -> None:
@@ -275,19 +276,25 @@ async def test_the_sweep_serves_connections_in_a_callers_handler_nursery(
         closes.append(ws.closed)
 
     async with trio.open_nursery() as handlers:
-        await memory_network.start_server(nursery, handler, ping_interval=2, ping_timeout=1, handler_nursery=handlers)
-        client = await memory_network.connect()
-        await client.handshake()
-        start = trio.current_time()
+        async with trio.open_nursery() as serving:
+            options = {"ping_interval": 2, "ping_timeout": 1, "handler_nursery": handlers}
+            await memory_network.start_server(serving, handler, **options)
+            client = await memory_network.connect()
+            await client.handshake()
+            start = trio.current_time()
+            serving.cancel_scope.cancel()  # the server stops; the connection lives on
+        assert task_names().count("trio_ws._keepalive.KeepaliveSweep.run") == 1
+        assert (await client.receive_frame()) == (0x9, SWEEP_PAYLOAD)
+        await client.stream.send_all(frame(0xA, SWEEP_PAYLOAD))
         assert (await client.receive_frame()) == (0x9, SWEEP_PAYLOAD)  # not answered
         opcode, payload = await client.receive_frame()
         assert (opcode, payload[:2]) == (0x8, b"\x03\xf3")
-        assert trio.current_time() - start == pytest.approx(2 + 1, abs=0.1)
+        assert trio.current_time() - start == pytest.approx(2 + 2 + 1, abs=0.1)
         await client.stream.send_all(frame(0x8, payload[:2]))  # the closing handshake completes
+    # (the nursery closed: the sweep returned with its last connection)
+    assert "trio_ws._keepalive.KeepaliveSweep.run" not in task_names()
     assert closes[0] is not None
     assert closes[0].code == 1011
-    names = task_names()
-    assert names.count("trio_ws._keepalive.KeepaliveSweep.run") == 1
 
 
 async def test_the_sweep_pings_every_interval_when_the_timeout_is_longer(
@@ -308,3 +315,29 @@ async def test_the_sweep_pings_every_interval_when_the_timeout_is_longer(
     await client.stream.send_all(frame(0x8, b"\x03\xe8"))
     while (await client.receive_frame())[0] != 0x8:
         pass
+
+
+async def test_a_server_with_keepalive_shuts_down_without_waiting_for_the_sweep(
+    autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
+) -> None:
+    """aclose() closes the connections; run() returns as soon as they are gone, not at
+    the sweep's next ping (30 s away here)."""
+
+    async def answer_close(client: RawClient) -> None:
+        await client.handshake()
+        while True:
+            opcode, payload = await client.receive_frame()
+            if opcode == 0x8:
+                await client.stream.send_all(frame(0x8, payload[:2]))
+                return
+
+    async with trio.open_nursery() as clients:
+        async with trio.open_nursery() as serving:
+            server = await memory_network.start_server(serving, echo_handler, ping_interval=30, ping_timeout=30)
+            for _ in range(3):
+                clients.start_soon(answer_close, await memory_network.connect())
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(server.connections) == 3
+            started = trio.current_time()
+            await server.aclose()
+        assert trio.current_time() - started < 1  # run() returned: its nursery closed

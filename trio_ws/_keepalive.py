@@ -26,6 +26,7 @@ Two ways to run it, with the same rules:
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -67,14 +68,27 @@ async def keepalive(connection: WebSocketConnection, interval: float, timeout: f
             return
 
 
+class _Task(enum.Enum):
+    """Where the sweep's task is."""
+
+    NONE = enum.auto()  # not started, or returned
+    RUNNING = enum.auto()
+    STOPPING = enum.auto()  # the server stopped serving: return once no connection is left
+
+
 class KeepaliveSweep:
     """Keepalive for many connections from one task (a server's; see the module's docstring).
 
     ``add()`` when a connection opens, ``discard()`` when it leaves OPEN,
-    ``answered()`` for each pong it receives; ``run()`` is the task.
+    ``answered()`` for each pong it receives; ``run()`` is the task, started where the
+    server's connections live (its handler nursery, which may be the caller's) when
+    ``start()`` says so, and ``stop()`` when the server stops serving: the task then
+    returns once its last connection has left, so that connections that outlive the
+    server (in a caller's handler nursery) are still pinged, and no nursery waits for it
+    longer than for them.
     """
 
-    __slots__ = ("_close_timeout", "_due", "_interval", "_sleep", "_timeout", "_waiting")
+    __slots__ = ("_close_timeout", "_due", "_interval", "_sleep", "_task", "_timeout", "_waiting")
 
     def __init__(self, interval: float, timeout: float, close_timeout: float) -> None:
         self._interval = interval
@@ -86,6 +100,7 @@ class KeepaliveSweep:
         # Pings written and not answered: when each ping was sent, in that order.
         self._waiting: OrderedDict[Engine, float] = OrderedDict()
         self._sleep = trio.CancelScope()  # run()'s wait; add() brings its deadline forward
+        self._task = _Task.NONE
 
     def __len__(self) -> int:
         return len(self._due) + len(self._waiting)
@@ -106,6 +121,22 @@ class KeepaliveSweep:
         """``connection`` left OPEN: no more pings, and no reference kept."""
         self._due.pop(connection, None)
         self._waiting.pop(connection, None)
+        if self._task is _Task.STOPPING and not self:
+            self._sleep.deadline = -float("inf")  # the last one: run() returns now
+
+    def start(self) -> bool:
+        """The server begins to serve: whether ``run()`` must be started (it is not
+        running already, as after an earlier ``stop()`` with connections left)."""
+        was = self._task
+        self._task = _Task.RUNNING
+        return was is _Task.NONE
+
+    def stop(self) -> None:
+        """The server stopped serving: ``run()`` returns once no connection is left."""
+        if self._task is _Task.RUNNING:
+            self._task = _Task.STOPPING
+            if not self:
+                self._sleep.deadline = -float("inf")
 
     def answered(self, connection: Engine, payload: bytes) -> None:
         """A pong came: any pong after our ping shows the peer alive (it may answer only
@@ -120,8 +151,16 @@ class KeepaliveSweep:
 
     async def run(self) -> None:
         """Ping what is due and close what did not answer, then sleep until the next of them."""
+        try:
+            await self._sweep()
+        finally:
+            self._task = _Task.NONE
+
+    async def _sweep(self) -> None:
         due, waiting = self._due, self._waiting
         while True:
+            if self._task is _Task.STOPPING and not self:
+                return
             now = trio.current_time()
             written = 0
             while waiting:

@@ -490,16 +490,22 @@ class WebSocketServer:
             with own_scope:
                 async with trio.open_nursery() as own_handlers:
                     handlers = self._handler_nursery or own_handlers
-                    with self._accepting:
-                        async with trio.open_nursery() as acceptors:
-                            for listener in self._listeners:
-                                acceptors.start_soon(self._accept_loop, listener, handlers)
-                            if self._keepalive is not None:
-                                acceptors.start_soon(self._keepalive.run, name=_SWEEP_TASK)
-                            self._logger.debug(
-                                "Listening on %s", ", ".join(str(listener) for listener in self.listeners)
-                            )
-                            task_status.started(self)
+                    sweep = self._keepalive
+                    try:
+                        if sweep is not None and sweep.start():
+                            # Where the connections live: it outlives run() with them.
+                            handlers.start_soon(sweep.run, name=_SWEEP_TASK)
+                        with self._accepting:
+                            async with trio.open_nursery() as acceptors:
+                                for listener in self._listeners:
+                                    acceptors.start_soon(self._accept_loop, listener, handlers)
+                                self._logger.debug(
+                                    "Listening on %s", ", ".join(str(listener) for listener in self.listeners)
+                                )
+                                task_status.started(self)
+                    finally:
+                        if sweep is not None:
+                            sweep.stop()
                     # aclose() stopped the accept loops; it ends the
                     # connections, and the handler nursery (ours) waits for
                     # their tasks.
