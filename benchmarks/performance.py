@@ -1,6 +1,6 @@
 """Every performance target of trio_ws in one command, and whether each is met.
 
-    python benchmarks/performance.py            # the full runs, about 35 minutes on 2 cores
+    python benchmarks/performance.py            # the full runs, about 22 minutes on 2 cores
     python benchmarks/performance.py --quick    # one short round of each, about 6 minutes
     python benchmarks/performance.py --only tls compression   # some parts
 
