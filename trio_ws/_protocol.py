@@ -283,11 +283,6 @@ class Protocol:
         """The agreed ``Sec-WebSocket-Extensions`` value, ``""`` for none."""
         return self._deflate.header if self._deflate is not None else ""
 
-    @property
-    def wants(self) -> int:
-        """How many more bytes the frame under way needs (0: no idea)."""
-        return self._reader.wants if self._reader is not None else 0
-
     def next_read(self) -> tuple[int, int | None]:
         """What the reader's next read should be: ``(wants, exactly)``, how many bytes the
         frame under way still needs (0: no idea) and the most to take (``None``: no
