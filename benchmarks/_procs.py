@@ -114,9 +114,12 @@ class Child:
         for line in self.proc.stdout:
             tag, _, rest = line.rstrip("\n").partition(" ")
             if tag.isupper() and rest.startswith("{"):
-                self.lines.put((tag, json.loads(rest)))
-            else:
-                print(f"[{self.name}] {line}", end="", flush=True)
+                try:
+                    self.lines.put((tag, json.loads(rest)))
+                    continue
+                except ValueError:  # (a line of the child's own output that looks like one)
+                    pass
+            print(f"[{self.name}] {line}", end="", flush=True)
         self.lines.put(("EOF", None))
 
     def send(self, **command: Any) -> None:
@@ -153,6 +156,18 @@ class Child:
 
     def stop(self) -> None:
         stop_child(self.proc, 10)
+
+
+async def echo_until_closed(ws: Any) -> None:
+    """Send every message of a trio_ws connection back until it closes (a server handler's
+    loop; trio_ws is imported here, not at the top: the peers' venv has no trio_ws)."""
+    from trio_ws import ConnectionClosed
+
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass
 
 
 async def asyncio_commands(lifetime: float) -> AsyncIterator[dict[str, Any]]:

@@ -48,7 +48,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from _procs import free_port  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import echo_until_closed, free_port  # benchmarks/_procs.py (this directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
@@ -198,12 +198,7 @@ async def start_echo_server(nursery: Any, impl: str, port: int) -> int:
     import trio_ws
 
     async def echo(request: Any) -> None:
-        ws = await request.accept()
-        try:
-            while True:
-                await ws.send_message(await ws.get_message())
-        except trio_ws.ConnectionClosed:
-            pass
+        await echo_until_closed(await request.accept())
 
     compression = compression_for(impl)
     server = await nursery.start(

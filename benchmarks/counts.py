@@ -91,6 +91,7 @@ if str(HERE) not in sys.path:
 
 import bench  # noqa: E402  (the peers' venv, their servers, free ports)
 import peers  # noqa: E402  (the fast WebSocket client over a blocking socket)
+from _procs import echo_until_closed  # noqa: E402
 
 if TYPE_CHECKING:
     import trio
@@ -379,8 +380,6 @@ def measure_server_handshake(rounds: int, pause: float) -> Counts:
 async def server_handshakes(rounds: int, pause: float) -> Counts:
     import trio
 
-    import trio_ws
-
     warmup = max(rounds // 10, 20)
     total = warmup + 2 * rounds + 1  # one more, so that the client's exit comes after the windows
     recorder = Recorder(rounds)
@@ -389,12 +388,7 @@ async def server_handshakes(rounds: int, pause: float) -> Counts:
 
     async def handler(request: Any) -> None:
         nonlocal done
-        ws = await request.accept()
-        try:
-            while True:
-                await ws.send_message(await ws.get_message())
-        except trio_ws.ConnectionClosed:
-            pass
+        await echo_until_closed(await request.accept())
         done += 1  # the windows run from the end of one handler to the end of a later one
         if done == warmup:
             recorder.start()

@@ -42,7 +42,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections import Counter
@@ -52,7 +51,13 @@ from functools import partial
 from typing import Any
 
 import trio
-from _procs import cpu_seconds, emit, raise_nofile, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import (  # benchmarks/_procs.py (this directory is on sys.path)
+    Child,
+    cpu_seconds,
+    emit,
+    raise_nofile,
+    stop_child,
+)
 
 from trio_ws import ConnectionClosed, WebSocketConnection, WebSocketRequest, open_websocket, serve_websocket
 
@@ -690,30 +695,13 @@ class Peer:
 
     def __init__(self, name: str, argv: list[str]) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.pid = self.proc.pid
-        self._lines: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # The process and the thread that reads its tagged lines; this class adds the
+        # text commands and the deadlines this script uses.
+        child = Child(name, __file__, argv)
+        self.proc = child.proc
+        self.pid = child.pid
+        self._lines = child.lines
         self._pending: list[tuple[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            tag, _, rest = line.rstrip("\n").partition(" ")
-            if tag.isupper() and rest.startswith("{"):
-                try:
-                    self._lines.put((tag, json.loads(rest)))
-                    continue
-                except ValueError:
-                    pass
-            print(f"[{self.name}] {line}", end="", flush=True)
-        self._lines.put(("EOF", None))
 
     def send(self, command: str) -> None:
         if self.proc.poll() is not None:

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from _procs import cpu_seconds, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
+from _procs import Child, cpu_seconds, stop_child  # benchmarks/_procs.py (this directory is on sys.path)
 
 import trio_ws
 from trio_ws import CloseReason, ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
@@ -391,29 +391,12 @@ class Peer:
 
     def __init__(self, name: str, argv: list[str]) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.pid = self.proc.pid
-        self._lines: queue.Queue[tuple[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            tag, _, rest = line.rstrip("\n").partition(" ")
-            if tag.isupper() and rest.startswith("{"):
-                try:
-                    self._lines.put((tag, json.loads(rest)))
-                    continue
-                except ValueError:
-                    pass
-            print(f"[{self.name}] {line}", end="", flush=True)
-        self._lines.put(("EOF", None))
+        # The process and the thread that reads its tagged lines; this class adds the
+        # text commands and the deadlines this script uses.
+        child = Child(name, __file__, argv)
+        self.proc = child.proc
+        self.pid = child.pid
+        self._lines = child.lines
 
     def send(self, command: str) -> None:
         assert self.proc.stdin is not None
