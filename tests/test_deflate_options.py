@@ -309,6 +309,77 @@ def test_the_guess() -> None:
     assert looks_incompressible(os.urandom(1024))
     assert not looks_incompressible(JSON * 3)
     assert not looks_incompressible(os.urandom(100))  # too short to guess: compressed, then compared
+    # Random printable ASCII takes more than 50 distinct values in 64 bytes now and then, yet
+    # deflate shrinks it (7 bits a byte at most): ASCII is never guessed incompressible.
+    printable = bytes(range(32, 127))
+    ascii_noise = bytes(printable[b % len(printable)] for b in os.urandom(4096))
+    assert not looks_incompressible(ascii_noise)
+    compressed = zlib.compressobj(6, zlib.DEFLATED, -15)
+    assert len(compressed.compress(ascii_noise) + compressed.flush()) < len(ascii_noise)
+    assert looks_incompressible(b"{" + os.urandom(1023))  # (one byte above 127 is enough to sample)
+
+
+class _Clock:
+    """time.monotonic() for _deflate_window, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_busy_direction_is_listed_once_and_dropped_within_twice_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(window, "time", clock)
+    monkeypatch.setattr(window._SWEEP, "kept", type(window._SWEEP.kept)())
+    kept = window._SWEEP.kept
+    first, second = Compressor(13, False, 6, 5), Compressor(13, False, 6, 5)
+    peer_of_first = zlib.decompressobj(-13)
+
+    def send(compressor: Compressor, at: float) -> None:
+        clock.now = 100.0 + at
+        out = compressor.message(JSON)
+        assert out is not None
+        if compressor is first:
+            assert peer_of_first.decompress(out + b"\x00\x00\xff\xff") == JSON
+
+    send(first, 0.0)
+    assert not first.live  # an isolated message: nothing kept
+    send(first, 0.1)
+    send(second, 0.2)
+    send(second, 0.3)
+    assert (first.live, second.live) == (True, True)
+    assert list(kept) == [id(first), id(second)]
+    send(first, 0.9)
+    assert list(kept) == [id(first), id(second)]  # a message of a listed direction moves nothing
+    # first reaches the front unused for 0.25 s: it goes to the end, not away.
+    send(second, 1.15)
+    assert first.live
+    assert list(kept) == [id(second), id(first)]
+    send(second, 2.0)  # second goes to the end too; first, listed at 1.15, stays (unused 1.1 s)
+    assert first.live
+    assert list(kept) == [id(first), id(second)]
+    send(second, 2.2)  # first, unused for 1.3 s, is dropped: between IDLE and twice IDLE
+    assert (first.live, second.live) == (False, True)
+    assert list(kept) == [id(second)]
+    send(first, 2.3)  # made again from its history: the peer's context decodes it
+
+
+def test_a_listed_direction_that_is_gone_leaves_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(window, "time", clock)
+    monkeypatch.setattr(window._SWEEP, "kept", type(window._SWEEP.kept)())
+    kept = window._SWEEP.kept
+    gone, other = Compressor(13, False, 6, 5), Compressor(13, False, 6, 5)
+    for at, compressor in ((0.0, gone), (0.1, gone), (0.2, other), (0.3, other)):
+        clock.now = 100.0 + at
+        assert compressor.message(JSON) is not None
+    assert len(kept) == 2
+    del gone, compressor  # the connection went, without release(): the weak reference dies
+    clock.now = 101.2  # (other is still busy: it stays listed)
+    assert other.message(JSON) is not None
+    assert list(kept) == [id(other)]
 
 
 @pytest.mark.parametrize("compressed", [JSON, b"a" * 10_000])

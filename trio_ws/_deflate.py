@@ -288,22 +288,27 @@ class PerMessageDeflate:
         inflater = receiver.start()
         pieces: list[bytes] = []
         produced = 0
-        data = data + _TAIL if last else data
+        if last:
+            data += _TAIL
         while True:
             try:
                 # At most room + 1 bytes out: one byte past the limit is enough to know.
-                out = inflater.decompress(data, max(room - produced, 0) + 1)
+                out = inflater.decompress(data, room - produced + 1)
             except zlib.error:
                 return 1007
             data = inflater.unconsumed_tail
-            produced += len(out) if not self._text else len(out.translate(None, _CONTINUATION))
+            size = len(out)
+            if self._text and produced + size > room:
+                # A character takes at least a byte: count them only when the bytes are too many.
+                size = len(out.translate(None, _CONTINUATION))
+            produced += size
             if produced > room:
                 return 1009
-            pieces.append(out)
             if not data:
-                result = b"".join(pieces) if len(pieces) != 1 else pieces[0]
+                result = b"".join([*pieces, out]) if pieces else out
                 receiver.output(result)
                 return result
+            pieces.append(out)
 
     def inflate_some(self, data: bytes, step: int, last: bool) -> bytes | int:
         """Inflate at most ``step`` bytes of a piece, keeping the rest for ``inflate_more()``:

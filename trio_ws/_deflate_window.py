@@ -19,11 +19,12 @@ the history hashed into it: about 10 microseconds at a 4 KiB window, see
 docs/compression.md), so a busy direction keeps its object.  After a message, the
 object is dropped unless the previous message of that direction ended less than
 ``IDLE`` seconds before.  An object kept that way is dropped by a sweep once it was
-unused for ``IDLE`` seconds: every direction that keeps its object after a message is
-put at the end of a list (one per thread, as connections never change threads), and
-whenever a message ends anywhere, the front of the list (the longest unused) is
-dropped while it is older than ``IDLE``.  A process in which nothing at all happens
-does not sweep; its objects are those of the connections that were busy last.
+unused for ``IDLE`` seconds (at most twice that): a direction that keeps its object is put
+at the end of a list (one per thread, as connections never change threads), and whenever a
+message ends anywhere, the front of the list is looked at: dropped if unused for ``IDLE``,
+put at the end again if used since (so that a busy direction costs no list work for each
+of its messages).  A process in which nothing at all happens does not sweep; its objects
+are those of the connections that were busy last.
 
 None of this is shared between connections: a history and an object belong to one
 direction of one connection, as RFC 7692's contexts do.
@@ -52,30 +53,34 @@ _DISTINCT = 50
 
 
 def looks_incompressible(data: bytes) -> bool:
-    """A cheap guess (about a microsecond) that deflate would not make ``data`` smaller:
+    """A cheap guess (about two microseconds) that deflate would not make ``data`` smaller:
     its first bytes and some from its middle take almost as many distinct values as
-    random bytes do.  Messages too short to sample are never guessed incompressible."""
+    random bytes do.  Messages too short to sample, or all ASCII, are never guessed
+    incompressible."""
     size = len(data)
-    if size < 4 * _SAMPLE:
+    if size < 4 * _SAMPLE or data.isascii():
+        # (ASCII, such as JSON: at most 7 bits a byte, which deflate gains on even when
+        # they look random; and isascii() is far quicker than sampling)
         return False
     middle = size // 2
     return len(set(data[:_SAMPLE] + data[middle : middle + _SAMPLE])) > _DISTINCT
 
 
 class _Sweep(threading.local):
-    """The directions that kept their zlib object, least recently used first."""
+    """The directions that kept their zlib object, in the order they were listed."""
 
     def __init__(self) -> None:
         self.kept: OrderedDict[int, weakref.ref[_Direction]] = OrderedDict()
 
 
 _SWEEP = _Sweep()
+_UNLISTED = -1.0  # a direction's ``_listed`` while it is not in the sweep's list
 
 
 class _Direction:
     """What compressing and decompressing share: the history, the object's lifetime."""
 
-    __slots__ = ("__weakref__", "_history", "_last", "_open", "_reset", "_window", "_zobj")
+    __slots__ = ("__weakref__", "_history", "_last", "_listed", "_open", "_reset", "_window", "_zobj")
 
     def __init__(self, bits: int, reset: bool) -> None:
         self._window = 1 << bits  # how many bytes back the compressing side may refer
@@ -83,6 +88,7 @@ class _Direction:
         self._history: bytearray | None = None  # (None with ``reset``, or before any message)
         self._zobj: zlib._Compress | zlib._Decompress | None = None
         self._last = -IDLE  # when the previous message ended (time.monotonic())
+        self._listed = _UNLISTED  # when it was put at the end of the sweep's list
         self._open = False  # a message is under way: the object must stay
 
     @property
@@ -119,39 +125,46 @@ class _Direction:
         busy = now - self._last < IDLE and not self._reset
         self._last = now
         kept = _SWEEP.kept
-        key = id(self)
         if busy and self._zobj is not None:
-            ref = kept.get(key)
-            if ref is None or ref() is not self:  # (an id can outlive its object)
-                kept[key] = weakref.ref(self)
-            kept.move_to_end(key)
+            # A busy direction is listed once, not moved on every message: the sweep moves
+            # it when it reaches the front (the cost of a message stays a few comparisons).
+            if self._listed == _UNLISTED:
+                self._listed = now
+                key = id(self)
+                kept[key] = weakref.ref(self)  # (may replace the entry of a dead direction...
+                kept.move_to_end(key)  # ... that had the same id)
         else:
             self.release()
-        _sweep(kept, now)
+        if kept:
+            _sweep(kept, now)
 
     def release(self) -> None:
         """Drop the zlib object (unless a message is under way); the history stays."""
         if not self._open:
             self._zobj = None
-            kept = _SWEEP.kept
-            ref = kept.get(id(self))
-            if ref is not None and ref() is self:
-                del kept[id(self)]
+            if self._listed != _UNLISTED:
+                self._listed = _UNLISTED
+                del _SWEEP.kept[id(self)]
 
 
 def _sweep(kept: OrderedDict[int, weakref.ref[_Direction]], now: float) -> None:
+    """Drop the objects unused for ``IDLE`` seconds.  The list is in the order directions
+    were put at its end (``_listed``), and each was last used at or after that: so once the
+    front was listed less than ``IDLE`` ago, no direction in the list is idle that long.  A
+    front direction used since it was listed goes to the end again.  So an object goes
+    between ``IDLE`` and twice ``IDLE`` after its last use."""
     while kept:
         key, ref = next(iter(kept.items()))
         direction = ref()
-        if direction is None or direction._zobj is None:
+        if direction is None:  # (gone with its connection)
             del kept[key]
-        elif now - direction._last < IDLE:
-            return  # the rest were used more recently
-        elif direction._open:
-            kept.move_to_end(key)  # (in the middle of a message: swept later)
+        elif now - direction._listed < IDLE:
             return
-        else:
+        elif now - direction._last >= IDLE and not direction._open:
             direction.release()
+        else:  # used since it was listed, or in the middle of a message
+            direction._listed = now
+            kept.move_to_end(key)
 
 
 class Compressor(_Direction):
