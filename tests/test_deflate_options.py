@@ -329,10 +329,16 @@ class _Clock:
         return self.now
 
 
-def test_a_busy_direction_is_listed_once_and_dropped_within_twice_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    """A hand-moved clock for the idle sweep, and a sweep list of the test's own."""
     clock = _Clock()
     monkeypatch.setattr(window, "time", clock)
     monkeypatch.setattr(window._SWEEP, "kept", type(window._SWEEP.kept)())
+    return clock
+
+
+def test_a_busy_direction_is_listed_once_and_dropped_within_twice_idle(clock: _Clock) -> None:
     kept = window._SWEEP.kept
     first, second = Compressor(13, False, 6, 5), Compressor(13, False, 6, 5)
     peer_of_first = zlib.decompressobj(-13)
@@ -366,10 +372,7 @@ def test_a_busy_direction_is_listed_once_and_dropped_within_twice_idle(monkeypat
     send(first, 2.3)  # made again from its history: the peer's context decodes it
 
 
-def test_a_listed_direction_that_is_gone_leaves_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = _Clock()
-    monkeypatch.setattr(window, "time", clock)
-    monkeypatch.setattr(window._SWEEP, "kept", type(window._SWEEP.kept)())
+def test_a_listed_direction_that_is_gone_leaves_the_sweep(clock: _Clock) -> None:
     kept = window._SWEEP.kept
     gone, other = Compressor(13, False, 6, 5), Compressor(13, False, 6, 5)
     for at, compressor in ((0.0, gone), (0.1, gone), (0.2, other), (0.3, other)):
