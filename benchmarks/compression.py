@@ -221,8 +221,11 @@ async def server_child(impl: str, port: int) -> None:
     async with trio.open_nursery() as nursery:
         await start_echo_server(nursery, impl, port)
         print("READY", flush=True)
+        cpu = time.process_time()
         await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
         nursery.cancel_scope.cancel()
+    # This process's CPU time while it served (steadier than a rate on a shared machine).
+    print(json.dumps({"cpu_s": time.process_time() - cpu}), flush=True)
 
 
 async def client_child(impl: str, port: int, payload: str, seconds: float) -> dict[str, Any]:
@@ -268,6 +271,7 @@ async def client_child(impl: str, port: int, payload: str, seconds: float) -> di
             pending.release()
 
         start = time.perf_counter()
+        cpu = time.process_time()
         nursery.start_soon(sender)
         while True:
             await pending.acquire()
@@ -278,12 +282,13 @@ async def client_child(impl: str, port: int, payload: str, seconds: float) -> di
             received += 1
             window.release()
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
         if impl == "websockets_trio":
             await manager.__aexit__(None, None, None)
         else:
             await conn.aclose()
         nursery.cancel_scope.cancel()
-    return {"msgs_per_s": received / elapsed}
+    return {"msgs_per_s": received / elapsed, "cpu_us_per_msg": cpu / received * 1e6}
 
 
 # --- the reference peers: blocking sockets, zlib, C masking ------------------------------------
@@ -480,7 +485,7 @@ def ref_client(port: int, deflate: bool, payload: str, seconds: float) -> dict[s
     thread.join()
     sock.sendall(_frame(struct.pack("!H", 1000), False, True, apply_mask).replace(b"\x82", b"\x88", 1))
     sock.close()
-    return {"msgs_per_s": received / elapsed}
+    return {"msgs_per_s": received / elapsed, "received": received}
 
 
 # --- the orchestrator -----------------------------------------------------------------------------
@@ -514,7 +519,8 @@ class Background:
             self.stop()
             raise RuntimeError(f"{' '.join(args)} did not start")
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop it; what it printed after READY."""
         assert self.process.stdin is not None
         assert self.process.stdout is not None
         self.process.stdin.close()
@@ -523,10 +529,13 @@ class Background:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        rest = self.process.stdout.read()
         self.process.stdout.close()
+        return rest
 
 
-def speed(impl: str, role: str, payload: str, seconds: float, before: str | None) -> float:
+def speed(impl: str, role: str, payload: str, seconds: float, before: str | None) -> tuple[float, float]:
+    """Messages a second, and the CPU time (µs) per message of the process under test."""
     port = free_port()
     deflate = impl != "trio_ws_plain"
     reference = str(PEERS_PY)
@@ -536,15 +545,16 @@ def speed(impl: str, role: str, payload: str, seconds: float, before: str | None
             args = ["ref-client", "--port", str(port), "--payload", payload, "--seconds", str(seconds)]
             result = child(reference, *args, *(["--deflate"] if deflate else []), timeout=seconds + 30)
         finally:
-            server.stop()
-    else:
-        server = Background(reference, "ref-server", "--port", str(port), *(["--deflate"] if deflate else []))
-        try:
-            args = ["client", impl, "--port", str(port), "--payload", payload, "--seconds", str(seconds)]
-            result = child(python_for(impl, before), *args, timeout=seconds + 30)
-        finally:
-            server.stop()
-    return float(result["msgs_per_s"])
+            rest = server.stop()
+        cpu_s = json.loads(rest.strip().splitlines()[-1])["cpu_s"]
+        return float(result["msgs_per_s"]), cpu_s / result["received"] * 1e6
+    server = Background(reference, "ref-server", "--port", str(port), *(["--deflate"] if deflate else []))
+    try:
+        args = ["client", impl, "--port", str(port), "--payload", payload, "--seconds", str(seconds)]
+        result = child(python_for(impl, before), *args, timeout=seconds + 30)
+    finally:
+        server.stop()
+    return float(result["msgs_per_s"]), float(result["cpu_us_per_msg"])
 
 
 def rotate(items: list[str], by: int) -> list[str]:
@@ -594,8 +604,9 @@ def main() -> int:
                     for impl in rotate(speed_impls, number):
                         if payload == "random" and impl == "websockets_trio":
                             continue  # (the target compares trio_ws with itself there)
-                        value = speed(impl, role, payload, seconds, args.before)
+                        value, cpu = speed(impl, role, payload, seconds, args.before)
                         record(f"msgs/s {role} {payload} {impl}", value)
+                        record(f"cpu us/msg {role} {payload} {impl}", cpu)
     table = render(values, rounds, time.monotonic() - started, args)
     print(table)
     out = HERE / "results"
@@ -631,7 +642,11 @@ def render(values: dict[str, list[float]], rounds: int, elapsed: float, args: ar
     for role in ("server", "client"):
         json_gain = med(f"msgs/s {role} json trio_ws") / med(f"msgs/s {role} json websockets_trio")
         random_cost = med(f"msgs/s {role} random trio_ws_plain") / med(f"msgs/s {role} random trio_ws")
-        lines.append(f"- {role} role: JSON with deflate, trio_ws / websockets.trio = {json_gain:.2f} (target >= 1.5)")
+        cpu_gain = med(f"cpu us/msg {role} json websockets_trio") / med(f"cpu us/msg {role} json trio_ws")
+        lines.append(
+            f"- {role} role: JSON with deflate, trio_ws / websockets.trio = {json_gain:.2f} (target >= 1.5); "
+            f"by CPU time a message {cpu_gain:.2f}"
+        )
         lines.append(f"- {role} role: random bytes, trio_ws without / with deflate = {random_cost:.2f} (target <= 1.3)")
     command = "python benchmarks/compression.py" + (" --quick" if args.quick else "")
     lines.append(f"\nwall time {elapsed:.0f} s; command: {command}")

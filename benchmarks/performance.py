@@ -196,6 +196,20 @@ def compression_targets(data: dict[str, Any]) -> list[Row]:
                     ws / peer >= 1.5,
                 )
             )
+        cpu_ws, cpu_peer = (
+            _value(data, f"cpu us/msg {role} json trio_ws"),
+            _value(data, f"cpu us/msg {role} json websockets_trio"),
+        )
+        cpu_plain = _value(data, f"cpu us/msg {role} json trio_ws_plain")
+        if cpu_ws is not None and cpu_peer is not None and cpu_plain is not None:
+            rows.append(
+                (
+                    f"2. the same by CPU time per message, {role} (reported)",
+                    f"{cpu_peer / cpu_ws:.2f}x ({cpu_ws:.0f} µs against {cpu_peer:.0f}; "
+                    f"{cpu_plain:.0f} µs without compression)",
+                    None,
+                )
+            )
         plain, deflate = (
             _value(data, f"msgs/s {role} random trio_ws_plain"),
             _value(data, f"msgs/s {role} random trio_ws"),
