@@ -289,7 +289,7 @@ class PerMessageDeflate:
         pieces: list[bytes] = []
         produced = 0
         if last:
-            data += _TAIL
+            data = data + _TAIL  # (a new object: the caller's bytes stay as they are)
         while True:
             try:
                 # At most room + 1 bytes out: one byte past the limit is enough to know.

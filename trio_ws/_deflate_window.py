@@ -144,7 +144,7 @@ class _Direction:
             self._zobj = None
             if self._listed != _UNLISTED:
                 self._listed = _UNLISTED
-                del _SWEEP.kept[id(self)]
+                _SWEEP.kept.pop(id(self), None)
 
 
 def _sweep(kept: OrderedDict[int, weakref.ref[_Direction]], now: float) -> None:
