@@ -309,13 +309,20 @@ def test_the_guess() -> None:
     assert looks_incompressible(os.urandom(1024))
     assert not looks_incompressible(JSON * 3)
     assert not looks_incompressible(os.urandom(100))  # too short to guess: compressed, then compared
-    # Random printable ASCII takes more than 50 distinct values in 64 bytes now and then, yet
-    # deflate shrinks it (7 bits a byte at most): ASCII is never guessed incompressible.
+    # ASCII is never guessed incompressible (7 bits a byte at most: deflate gains on it).
+    # Here the two samples are the printable characters 32-63 and 64-95, 64 distinct values,
+    # which sampling alone would take for random bytes; yet deflate shrinks it to almost nothing.
     printable = bytes(range(32, 127))
-    ascii_noise = bytes(printable[b % len(printable)] for b in os.urandom(4096))
-    assert not looks_incompressible(ascii_noise)
+    size = 2 * (10 * len(printable) + 32)  # (so that the middle sample starts at character 64)
+    ascii_text = (printable * 21)[:size]
+    assert len(set(ascii_text[:32] + ascii_text[size // 2 : size // 2 + 32])) == 64
+    assert not looks_incompressible(ascii_text)
     compressed = zlib.compressobj(6, zlib.DEFLATED, -15)
-    assert len(compressed.compress(ascii_noise) + compressed.flush()) < len(ascii_noise)
+    assert len(compressed.compress(ascii_text) + compressed.flush()) < len(ascii_text) // 10
+    printable_noise = bytes(printable[b % len(printable)] for b in os.urandom(4096))
+    assert not looks_incompressible(printable_noise)
+    compressed = zlib.compressobj(6, zlib.DEFLATED, -15)
+    assert len(compressed.compress(printable_noise) + compressed.flush()) < len(printable_noise)
     assert looks_incompressible(b"{" + os.urandom(1023))  # (one byte above 127 is enough to sample)
 
 
