@@ -373,12 +373,17 @@ class Engine:
 
     def _closing(self) -> None:
         """The protocol left OPEN: no message will come; pings fail; the reader gets a deadline."""
+        self._end_open()
+        self._bound_reader(self._options.disconnect_timeout)
+
+    def _end_open(self) -> None:
+        """What leaving OPEN ends, by a closing handshake or with the transport: keepalive
+        for this connection, the inbox (no message will come) and the pings waiting."""
         if self._keepalive is not None:
             self._keepalive.discard(self)
         self._inbox.end()
         if self._pings:
             self._fail_pings()
-        self._bound_reader(self._options.disconnect_timeout)
 
     def _fail_pings(self) -> None:
         for pending in self._pings.values():
@@ -396,11 +401,7 @@ class Engine:
         if self._transport.closed:
             return
         self._protocol.connection_lost()
-        if self._keepalive is not None:
-            self._keepalive.discard(self)
-        self._inbox.end()
-        if self._pings:
-            self._fail_pings()
+        self._end_open()
         self._closed.set()
         await self._transport.aclose()
 
