@@ -145,6 +145,13 @@ async def answer(client: RawClient) -> None:
             return
 
 
+async def close_cleanly(client: RawClient) -> None:
+    """Send a Close (1000) and read up to the server's answering Close."""
+    await client.stream.send_all(frame(0x8, b"\x03\xe8"))
+    while (await client.receive_frame())[0] != 0x8:
+        pass
+
+
 async def test_a_server_pings_all_its_connections_from_one_task(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, memory_network: MemoryNetwork
 ) -> None:
@@ -178,9 +185,7 @@ async def test_a_server_pings_all_its_connections_from_one_task(
     assert server._keepalive is not None
     assert len(server._keepalive) == 5
     for client in clients:  # a clean close each: the sweep lets go of them
-        await client.stream.send_all(frame(0x8, b"\x03\xe8"))
-        while (await client.receive_frame())[0] != 0x8:
-            pass
+        await close_cleanly(client)
     for ws in accepted:
         await ws.wait_closed()
     assert len(server._keepalive) == 0
@@ -217,9 +222,7 @@ async def test_the_sweep_closes_the_silent_peer_and_keeps_the_others(
         await trio.sleep(30)
         assert [ws.state for ws in accepted] == [ConnectionState.OPEN, ConnectionState.CLOSED]
         answering.cancel_scope.cancel()
-    await alive.stream.send_all(frame(0x8, b"\x03\xe8"))
-    while (await alive.receive_frame())[0] != 0x8:
-        pass
+    await close_cleanly(alive)
     await accepted[0].wait_closed()
     assert closes[0] is not None
     assert closes[0].code == 1011
@@ -312,9 +315,7 @@ async def test_the_sweep_pings_every_interval_when_the_timeout_is_longer(
         times.append(trio.current_time() - start)
         await client.stream.send_all(frame(0xA, SWEEP_PAYLOAD))
     assert times == pytest.approx([1, 2, 3, 4], abs=0.05)
-    await client.stream.send_all(frame(0x8, b"\x03\xe8"))
-    while (await client.receive_frame())[0] != 0x8:
-        pass
+    await close_cleanly(client)
 
 
 async def test_a_server_with_keepalive_shuts_down_without_waiting_for_the_sweep(
