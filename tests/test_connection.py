@@ -23,6 +23,7 @@ from trio_ws import (
     wrap_client_stream,
     wrap_server_stream,
 )
+from trio_ws._engine import _READER_TASK
 from trio_ws.testing import assert_closed_with, expect_close, websocket_pair
 
 from .conftest import (
@@ -866,3 +867,39 @@ def test_task_names_are_the_ones_trio_would_give() -> None:
     assert trio_name(_keepalive.keepalive) == _engine._KEEPALIVE_TASK
     assert trio_name(_server.WebSocketServer._handle_connection) == _server._HANDLER_TASK
     assert trio_name(_keepalive.KeepaliveSweep.run) == _server._SWEEP_TASK
+
+
+def _trio_ws_frames(task: trio.lowlevel.Task) -> list[str]:
+    """The names of trio_ws's functions in ``task``'s chain of awaits, outermost first."""
+    names: list[str] = []
+    awaited: object = task.coro
+    while awaited is not None:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        if code is not None and "trio_ws" in code.co_filename.replace("\\", "/").split("/"):
+            names.append(code.co_name)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return names
+
+
+async def test_an_idle_reader_waits_in_receive_itself(echo_server: WebSocketServer) -> None:
+    """Memory per idle connection: each coroutine frame an idle reader waits in lives as
+    long as the connection (a helper's costs 256 bytes), so over plain TCP the reader task
+    waits in Transport.receive() itself, in both roles."""
+    async with open_websocket(HOST, echo_server.port, "/", use_ssl=False) as ws:
+        await ws.send_message("warm")  # (both readers have read once)
+        assert await ws.get_message() == "warm"
+        await trio.testing.wait_all_tasks_blocked()
+        readers = [task for task in _all_tasks() if task.name == _READER_TASK]
+        assert len(readers) == 2  # the client's and the server's
+        for task in readers:
+            assert _trio_ws_frames(task) == ["_reader_task", "receive"]
+
+
+def _all_tasks() -> list[trio.lowlevel.Task]:
+    tasks: list[trio.lowlevel.Task] = []
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        tasks.append(task)
+        pending.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return tasks

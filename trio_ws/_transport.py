@@ -134,6 +134,17 @@ def _tls_link(stream: trio.SSLStream[trio.SocketStream]) -> _TLSLink | None:
     return _TLSLink(obj, incoming, outgoing, inner.socket, bool(ragged_ok))
 
 
+def _descriptor(sock: trio.socket.SocketType) -> int:
+    """The socket's descriptor, asked for fresh each time (see the module's docstring).
+
+    :raises trio.ClosedResourceError: the socket was closed.
+    """
+    fd = sock.fileno()
+    if fd < 0:
+        raise trio.ClosedResourceError("the socket was closed")
+    return fd
+
+
 def _is_eof(exc: BaseException) -> bool:
     """An EOF without close_notify, as OpenSSL reports it."""
     return isinstance(exc, ssl.SSLEOFError) or "UNEXPECTED_EOF_WHILE_READING" in str(exc)
@@ -207,7 +218,16 @@ class Transport:
         if self._tls is not None:
             data = await self._receive_tls(self._tls, read_size or _DEFAULT_READ)
         elif self._sock is not None:
-            data = await self._read_socket(self._sock, read_size or _DEFAULT_READ)
+            # _read_socket()'s loop, written out: an idle connection's reader waits in it,
+            # and awaiting a helper would keep one more coroutine frame (256 bytes) alive
+            # for every idle connection.
+            sock, wanted = self._sock, read_size or _DEFAULT_READ
+            got = None if self._short or self._streak >= _YIELD_EVERY else self._read_now(sock, wanted)
+            while got is None:
+                self._streak = 0
+                await trio.lowlevel.wait_readable(_descriptor(sock))
+                got = self._read_now(sock, wanted)
+            data = got
         else:
             data = await self.stream.receive_some(read_size)
         count = len(data)
@@ -220,29 +240,31 @@ class Transport:
         return data
 
     async def _read_socket(self, sock: trio.socket.SocketType, wanted: int) -> bytes:
-        """One read of the descriptor, of at most ``wanted`` bytes (``b""`` at EOF).
+        """One read of the descriptor, of at most ``wanted`` bytes (``b""`` at EOF), waiting
+        for data when there is none (the TLS path's; ``receive()`` has the same loop).
 
         A short read emptied the socket: wait first, rather than try a read
         that would fail.  After several reads in a row that found data, wait
         anyway (it yields).
         """
-        wait = self._short or self._streak >= _YIELD_EVERY
-        while True:
-            fd = sock.fileno()  # fresh each time (see the module's docstring)
-            if fd < 0:
-                raise trio.ClosedResourceError("the socket was closed")
-            if wait:
-                self._streak = 0
-                wait = False
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            try:
-                data = os.read(fd, wanted)
-                break
-            except BlockingIOError:
-                wait = True
-            except OSError as exc:
-                raise trio.BrokenResourceError from exc
+        data = None if self._short or self._streak >= _YIELD_EVERY else self._read_now(sock, wanted)
+        while data is None:
+            self._streak = 0
+            await trio.lowlevel.wait_readable(_descriptor(sock))
+            data = self._read_now(sock, wanted)
+        return data
+
+    def _read_now(self, sock: trio.socket.SocketType, wanted: int) -> bytes | None:
+        """One read of at most ``wanted`` bytes (``b""`` at EOF), ``None`` if nothing is there."""
+        fd = sock.fileno()  # (what _descriptor() does, written out: a call less on every read)
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            data = os.read(fd, wanted)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError from exc
         self._streak += 1
         self._short = len(data) < wanted
         return data
@@ -327,9 +349,7 @@ class Transport:
         view = memoryview(data)
         sent = 0
         while True:
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("the socket was closed")
+            fd = _descriptor(sock)
             try:
                 sent += os.write(fd, view[sent:])
             except BlockingIOError:
